@@ -1,0 +1,462 @@
+"""The ``semsearch`` command: a thin click layer over the ``index`` and ``search`` APIs.
+
+Machine output (results, JSON, vectors) goes to standard output; progress,
+warnings and errors go to standard error. A user mistake is one line and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import click
+
+from index.errors import SemsearchError
+
+DEFAULT_INDEX = "semsearch-index"
+INDEX_HELP = "Index folder (default: $SEMSEARCH_INDEX, else ./semsearch-index)."
+
+
+# --- shared plumbing -----------------------------------------------------------
+class Progress:
+    """A one-line counter on standard error: redrawn in place on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, label: str, total: int | None = None, quiet: bool = False):
+        self.label, self.total, self.quiet = label, total, quiet
+        self.done = 0
+        self.started = self._last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.quiet or now - self._last < (0.1 if self.tty else 10.0):
+            return
+        self._last = now
+        self._draw(end="\r" if self.tty else "\n")
+
+    def _draw(self, end: str) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        click.echo(f"{self.label}: {self.done}{of} ({self.done / elapsed:.1f}/s)", err=True, nl=False)
+        click.echo(end, err=True, nl=False)
+
+    def finish(self) -> None:
+        if not self.quiet and self.tty and self.done:
+            self._draw(end="\n")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+class SemsearchGroup(click.Group):
+    """Turns user errors (SemsearchError, missing files, interrupts) into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        warnings.showwarning = _show_warning
+        try:
+            return super().invoke(ctx)
+        except SemsearchError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; everything committed before now is kept", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            if isinstance(exc, (BrokenPipeError,)):
+                ctx.exit(0)
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+
+
+def index_option(f):
+    return click.option("--index", "index_path", envvar="SEMSEARCH_INDEX", default=DEFAULT_INDEX,
+                        show_default=False, type=click.Path(file_okay=False), help=INDEX_HELP)(f)
+
+
+def quiet_option(f):
+    return click.option("--quiet", "-q", is_flag=True, help="No progress on standard error.")(f)
+
+
+def wait_option(f):
+    return click.option("--wait", is_flag=True,
+                        help="If another process is writing the index, wait for it instead of failing.")(f)
+
+
+def model_options(default_layer: int | None = -2):
+    """--model/--layer/--pooling/--max-length/--precision (None defaults mean: keep what is recorded)."""
+    def decorate(f):
+        f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                         default=None if default_layer is None else "fp32",
+                         help="Arithmetic precision for encoding (auto: bf16 where the CPU supports it).")(f)
+        f = click.option("--max-length", type=int, default=None,
+                         help="Tokens per model input, special tokens included (default: the model's, 256 for the embedded one).")(f)
+        f = click.option("--pooling", type=click.Choice(["mean", "max", "cls"]),
+                         default=None if default_layer is None else "mean",
+                         help="How token vectors become a sentence vector (default: mean over real tokens).")(f)
+        f = click.option("--layer", type=int, default=default_layer,
+                         help="Hidden layer to pool; negative counts from the top (default: -2, the second-to-last).")(f)
+        f = click.option("--model", envvar="SEMSEARCH_MODEL", default=None,
+                         help="Hugging Face model id or local folder (default: $SEMSEARCH_MODEL, else the embedded all-MiniLM-L6-v2).")(f)
+        return f
+    return decorate
+
+
+def source_options(f):
+    f = click.option("--strict", is_flag=True, help="Fail on unreadable input (invalid UTF-8, binary files) instead of skipping it.")(f)
+    f = click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "tsv", "text", "lines"]), default=None,
+                     help="Input format (default: from the file extension; standard input: JSONL if it starts with '{', else one document per line).")(f)
+    f = click.option("--text-field", default=None, help="Field or column holding the text (default: text).")(f)
+    f = click.option("--id-field", default=None, help="Field or column holding the id (default: _id or id).")(f)
+    return f
+
+
+def _read_sources(sources: Iterable[str], id_field, text_field, fmt, strict):
+    from index.sources import ReadReport, read_documents
+
+    report = ReadReport()
+    docs = read_documents(list(sources), id_field=id_field, text_field=text_field, format=fmt,
+                          strict=strict, report=report)
+    return docs, report
+
+
+def _report_reading(report, quiet: bool) -> None:
+    for line in report.warnings[:20]:
+        click.echo(f"warning: {line}", err=True)
+    if len(report.warnings) > 20:
+        click.echo(f"warning: ... and {len(report.warnings) - 20} more", err=True)
+
+
+def _report_add(result, path, seconds: float, report) -> None:
+    _report_reading(report, False)
+    if result.duplicates:
+        shown = ", ".join(result.duplicates[:5]) + (" ..." if len(result.duplicates) > 5 else "")
+        click.echo(f"warning: {len(result.duplicates)} repeated id(s) in the input; the last of each was kept: {shown}", err=True)
+    if result.skipped_empty:
+        click.echo(f"warning: skipped {len(result.skipped_empty)} document(s) with no text: "
+                   + ", ".join(result.skipped_empty[:5]), err=True)
+    click.echo(
+        f"{path}: {result.added} added, {result.updated} updated, {result.unchanged} unchanged"
+        + (f", {result.metadata_updated} with new metadata" if result.metadata_updated else "")
+        + f" ({result.passages} passages encoded) in {seconds:.1f} s",
+        err=True,
+    )
+
+
+def _parse_where(pairs: Iterable[str]) -> dict[str, str] | None:
+    where: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SemsearchError(f"--where {pair!r}: expected key=value")
+        if key in where:
+            raise SemsearchError(f"--where names {key!r} twice")
+        where[key] = value
+    return where or None
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+# --- the command tree -----------------------------------------------------------------
+@click.group(cls=SemsearchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="semsearch", message="semsearch %(version)s")
+def cli() -> None:
+    """Semantic search over your documents with BERT sentence vectors, FAISS and SQLite.
+
+    \b
+    Example:
+      semsearch index build docs/ --index my-index
+      semsearch query "how do I reset my password" --index my-index
+    """
+
+
+@cli.group("index", cls=SemsearchGroup)
+def index_group() -> None:
+    """Build, update, rebuild and inspect an index.
+
+    \b
+    Example:
+      semsearch index build corpus.jsonl --index my-index
+      semsearch index info --index my-index
+    """
+
+
+@index_group.command("build")
+@click.argument("sources", nargs=-1, required=True)
+@index_option
+@click.option("--force", is_flag=True, help="Replace an existing index (the old one stays until the new one is complete).")
+@model_options()
+@click.option("--passage-overlap", type=int, default=32, show_default=True,
+              help="Tokens shared by consecutive passages of a long document.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@source_options
+@quiet_option
+def index_build(sources, index_path, force, model, layer, pooling, max_length, precision,
+                passage_overlap, batch_size, id_field, text_field, fmt, strict, quiet) -> None:
+    """Create an index from SOURCES (JSONL, CSV, TSV, .txt/.md files, folders, or - for stdin).
+
+    \b
+    Example:
+      semsearch index build corpus.jsonl --index my-index
+      semsearch index build notes/ --index notes-index --layer -1
+      cat faq.jsonl | semsearch index build - --index faq-index --force
+    """
+    from index.indexer import Index
+
+    docs, report = _read_sources(sources, id_field, text_field, fmt, strict)
+    progress = Progress("encoding documents", quiet=quiet)
+    started = time.monotonic()
+    index, result = Index.build(
+        index_path, docs, force=force, progress=progress, model=model, layer=layer, pooling=pooling,
+        max_length=max_length, passage_overlap=passage_overlap, precision=precision, batch_size=batch_size,
+    )
+    progress.finish()
+    _report_add(result, index_path, time.monotonic() - started, report)
+
+
+@index_group.command("add")
+@click.argument("sources", nargs=-1, required=True)
+@index_option
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@source_options
+@quiet_option
+@wait_option
+def index_add(sources, index_path, batch_size, id_field, text_field, fmt, strict, quiet, wait) -> None:
+    """Add or replace documents (an existing id is replaced; unchanged texts are not re-encoded).
+
+    \b
+    Example:
+      semsearch index add new-articles.jsonl --index my-index
+    """
+    from index.indexer import Index
+
+    index = Index.open(index_path, batch_size=batch_size, wait=wait)
+    docs, report = _read_sources(sources, id_field, text_field, fmt, strict)
+    progress = Progress("encoding documents", quiet=quiet)
+    started = time.monotonic()
+    result = index.add(docs, progress=progress)
+    progress.finish()
+    _report_add(result, index_path, time.monotonic() - started, report)
+
+
+@index_group.command("delete")
+@click.argument("ids", nargs=-1, required=True)
+@index_option
+@wait_option
+def index_delete(ids, index_path, wait) -> None:
+    """Delete documents by id.
+
+    \b
+    Example:
+      semsearch index delete faq12 faq13 --index my-index
+    """
+    from index.indexer import Index
+
+    result = Index.open(index_path, wait=wait).delete(ids)
+    click.echo(f"{index_path}: deleted {len(result.deleted)} document(s)", err=True)
+    if result.missing:
+        click.echo(f"warning: not in the index: {', '.join(result.missing[:10])}", err=True)
+
+
+@index_group.command("rebuild")
+@index_option
+@model_options(default_layer=None)
+@click.option("--passage-overlap", type=int, default=None, help="Tokens shared by consecutive passages (default: as recorded).")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@quiet_option
+@wait_option
+def index_rebuild(index_path, model, layer, pooling, max_length, precision, passage_overlap,
+                  batch_size, quiet, wait) -> None:
+    """Re-encode every stored document, optionally with another model, layer or pooling.
+
+    Searches keep using the old vectors until the new ones are complete.
+
+    \b
+    Example:
+      semsearch index rebuild --layer -1 --index my-index
+    """
+    from index.indexer import Index
+
+    index = Index.open(index_path, batch_size=batch_size, wait=wait)
+    progress = Progress("re-encoding documents", total=index.store.counts()[0], quiet=quiet)
+    result = index.rebuild(model=model, layer=layer, pooling=pooling, max_length=max_length,
+                           passage_overlap=passage_overlap, precision=precision, progress=progress)
+    progress.finish()
+    cfg = index.config
+    click.echo(f"{index_path}: re-encoded {result.documents} documents ({result.passages} passages) "
+               f"with {cfg['model']}, layer {cfg['layer']}, {cfg['pooling']} pooling in {result.seconds:.1f} s",
+               err=True)
+
+
+@index_group.command("info")
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def index_info(index_path, as_json) -> None:
+    """Show an index's model, layer, pooling, sizes and counts.
+
+    \b
+    Example:
+      semsearch index info --index my-index --json
+    """
+    from index.indexer import Index
+
+    info = Index.open(index_path).info().as_dict()
+    if as_json:
+        click.echo(_dump(info))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            click.echo(f"{key.ljust(width)}  {value}")
+
+
+@cli.command("query")
+@click.argument("text", required=False)
+@index_option
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Number of documents to return.")
+@click.option("--where", multiple=True, metavar="KEY=VALUE", help="Only documents whose metadata KEY equals VALUE (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per query).")
+@click.option("--queries", "queries_file", type=click.Path(dir_okay=False),
+              help="Run every query of a BEIR queries.jsonl file; prints JSON lines.")
+@quiet_option
+def query(text, index_path, k, where, as_json, queries_file, quiet) -> None:
+    """Find the documents that mean the same as TEXT.
+
+    \b
+    Example:
+      semsearch query "I forgot my login secret" -k 5
+      semsearch query "refund" --where lang=en --json
+      semsearch query --queries queries.jsonl --json > results.jsonl
+    """
+    from search.searcher import Searcher
+
+    if (text is None) == (queries_file is None):
+        raise SemsearchError("give either a query TEXT or --queries FILE")
+    filters = _parse_where(where)
+    searcher = Searcher(index_path)
+    if queries_file:
+        from search.evaluation import load_queries
+
+        queries = load_queries(queries_file)
+        for start in range(0, len(queries), 256):
+            chunk = queries[start : start + 256]
+            for q, hits in zip(chunk, searcher.search_many([q.text for q in chunk], k=k, where=filters)):
+                click.echo(_dump({"query_id": q.id, "query": q.text, "hits": [h.as_dict() for h in hits]}))
+        return
+    hits = searcher.search(text, k=k, where=filters)
+    if as_json:
+        click.echo(_dump({"query_id": None, "query": text, "hits": [h.as_dict() for h in hits]}))
+        return
+    if not hits:
+        click.echo("no matching documents", err=True)
+    for rank, hit in enumerate(hits, start=1):
+        click.echo(f"{rank:>2}. {hit.score:.4f}  {hit.id}  {_snippet(hit.text)}")
+        if hit.passage.start > 0 or hit.passage.end < len(hit.text):
+            click.echo(f"    passage {hit.passage.order} [{hit.passage.start}:{hit.passage.end}]: {_snippet(hit.passage.text)}")
+
+
+def _snippet(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@cli.command("embed")
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", default=None,
+              help="Read texts from a file: one per line for plain text (- for standard input), documents for .jsonl/.csv/.tsv.")
+@model_options()
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@source_options
+@quiet_option
+def embed(texts, input_path, model, layer, pooling, max_length, precision, batch_size,
+          id_field, text_field, fmt, strict, quiet) -> None:
+    """Print sentence vectors as JSON lines: {"id": ..., "vector": [...]}, in input order.
+
+    \b
+    Example:
+      semsearch embed "The bank raised its rates." "We sat on the river bank."
+      semsearch embed --input sentences.txt --layer -1 > vectors.jsonl
+    """
+    import numpy as np
+
+    from index.encoder import Encoder
+
+    if bool(texts) == bool(input_path):
+        raise SemsearchError("give either TEXT arguments or --input FILE")
+    if texts:
+        items = [(str(i), t) for i, t in enumerate(texts)]
+    else:
+        suffix = Path(input_path).suffix.lower()
+        chosen = fmt or ("lines" if input_path == "-" or suffix not in (".jsonl", ".ndjson", ".csv", ".tsv", ".tab") else None)
+        docs, report = _read_sources([input_path], id_field, text_field, chosen, strict)
+        # one text per line: the line number is the id
+        items = [(d.id.rsplit(":", 1)[-1] if chosen == "lines" else d.id, d.text) for d in docs]
+        _report_reading(report, quiet)
+    encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
+                           batch_size=batch_size, precision=precision)
+    progress = Progress("encoding texts", total=len(items), quiet=quiet)
+    vectors = encoder.encode([t for _, t in items], progress=progress)
+    progress.finish()
+    for (item_id, _), vec in zip(items, vectors):
+        click.echo(_dump({"id": item_id, "vector": np.round(vec.astype(np.float64), 7).tolist()}))
+
+
+@cli.command("eval")
+@index_option
+@click.option("--queries", "queries_file", required=True, type=click.Path(dir_okay=False),
+              help="BEIR queries.jsonl.")
+@click.option("--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False),
+              help="Relevance judgements: TSV query-id, corpus-id, score.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@quiet_option
+def evaluate_cmd(index_path, queries_file, qrels_file, as_json, quiet) -> None:
+    """Measure retrieval quality: nDCG@10, MRR@10 and Recall@1/5/10/100.
+
+    Only queries that appear in the qrels are run.
+
+    \b
+    Example:
+      semsearch eval --queries data/queries.jsonl --qrels data/qrels/test.tsv --index my-index
+    """
+    from search.evaluation import evaluate, format_table, load_qrels, load_queries
+    from search.searcher import Searcher
+
+    qrels = load_qrels(qrels_file)
+    queries = [q for q in load_queries(queries_file) if q.id in qrels]
+    if not queries:
+        raise SemsearchError(f"no query of {queries_file} appears in {qrels_file}")
+    run: dict[str, list[str]] = {q.id: [] for q in queries if not q.text.strip()}
+    if run:
+        click.echo(f"warning: {len(run)} empty quer(ies) count as retrieving nothing: "
+                   + ", ".join(list(run)[:5]), err=True)
+    queries = [q for q in queries if q.id not in run]
+    searcher = Searcher(index_path)
+    progress = Progress("running queries", total=len(queries), quiet=quiet)
+    for start in range(0, len(queries), 64):
+        chunk = queries[start : start + 64]
+        for q, hits in zip(chunk, searcher.search_many([q.text for q in chunk], k=100)):
+            run[q.id] = [h.id for h in hits]
+        progress(len(chunk))
+    progress.finish()
+    result = evaluate(run, qrels)
+    cfg = searcher.index.config
+    label = f"layer {cfg['layer']} {cfg['pooling']}"
+    if as_json:
+        click.echo(_dump({"index": index_path, "model": cfg["model"], "layer": cfg["layer"],
+                          "pooling": cfg["pooling"], **result.as_dict()}))
+    else:
+        click.echo(format_table([(label, result)]))
+
+
+def main() -> None:
+    cli(prog_name="semsearch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Retrieval evaluation in the BEIR / trec_eval convention.
+
+Inputs are the usual BEIR files:
+
+* ``queries.jsonl`` -- one JSON object per line, ``{"_id": ..., "text": ...}``
+  (read with :func:`load_queries`);
+* ``qrels/*.tsv`` -- ``query-id <TAB> corpus-id <TAB> score`` with an optional
+  header line (read with :func:`load_qrels`).
+
+A *run* is a mapping ``query id -> ranked doc ids`` (best first).
+:func:`evaluate` scores it with nDCG@10, MRR@10 and Recall@k, computed the way
+trec_eval / pytrec_eval compute ``ndcg_cut_10``, ``recip_rank`` (cut at 10) and
+``recall_k``; :func:`format_table` prints results side by side and
+:func:`spearman` compares two score lists (e.g. per-query nDCG of two models).
+
+Pure Python + numpy; no other dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from index.errors import InputError
+
+__all__ = [
+    "EvalQuery",
+    "EvalResult",
+    "load_queries",
+    "load_qrels",
+    "evaluate",
+    "spearman",
+    "format_table",
+]
+
+NDCG_CUT = 10
+MRR_CUT = 10
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 100)
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class EvalQuery:
+    """One evaluation query: its id (always a ``str``) and NFC-normalised text."""
+
+    id: str
+    text: str
+
+
+def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, decoded line without newline)`` for a UTF-8 file.
+
+    A UTF-8 byte-order mark on the first line is dropped. Unreadable files and
+    undecodable lines raise :class:`InputError` naming the file (and line).
+    """
+    name = os.fspath(path)
+    try:
+        handle = open(name, "rb")
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read file: {exc.strerror or exc}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{name}:{number}: not valid UTF-8 ({exc.reason})") from None
+            yield number, line.rstrip("\r\n")
+
+
+def _query_id(value: object) -> str | None:
+    """Return a query id as ``str``; ``None`` if it is not a usable id."""
+    if isinstance(value, bool):  # bool is an int subclass; true/false is no id
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def load_queries(path: str | os.PathLike[str]) -> list[EvalQuery]:
+    """Read a BEIR ``queries.jsonl`` file, in file order.
+
+    Each non-blank line must be a JSON object with an id (``"_id"``, or
+    ``"id"`` when ``"_id"`` is absent; a string or an integer) and a string
+    ``"text"``. Other keys (e.g. ``"metadata"``) are ignored. Ids are returned
+    as ``str`` and the text is NFC-normalised. Blank lines are skipped.
+
+    Raises :class:`InputError` (``"FILE:LINE: ..."``) for invalid JSON, a
+    missing or unusable id or text, and a repeated id.
+    """
+    name = os.fspath(path)
+    queries: list[EvalQuery] = []
+    seen: dict[str, int] = {}
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        key = "_id" if "_id" in record else "id"
+        if key not in record:
+            raise InputError(f'{where}: missing query id ("_id")')
+        query_id = _query_id(record[key])
+        if query_id is None:
+            raise InputError(f'{where}: "{key}" must be a non-empty string or an integer')
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise InputError(f'{where}: query {query_id!r} has no string "text"')
+        if query_id in seen:
+            raise InputError(
+                f"{where}: duplicate query id {query_id!r} (first on line {seen[query_id]})"
+            )
+        seen[query_id] = number
+        queries.append(EvalQuery(id=query_id, text=unicodedata.normalize("NFC", text)))
+    return queries
+
+
+def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
+    """Read BEIR qrels: ``query-id <TAB> corpus-id <TAB> score`` per line.
+
+    The first line is treated as a header, and skipped, when its third field is
+    not an integer (BEIR files start with ``query-id  corpus-id  score``).
+    Blank lines are skipped. Scores ``<= 0`` are kept as ``0`` (judged
+    non-relevant). A pair listed twice with the same score is accepted once.
+
+    Returns ``{query id: {doc id: score}}``. Raises :class:`InputError`
+    (``"FILE:LINE: ..."``) for a wrong number of fields, an empty id, a
+    non-integer score, or a pair listed twice with different scores.
+    """
+    name = os.fspath(path)
+    qrels: dict[str, dict[str, int]] = {}
+    first = True
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
+        fields = [field.strip() for field in line.split("\t")]
+        if len(fields) != 3:
+            raise InputError(
+                f"{where}: expected 3 tab-separated fields "
+                f"(query-id, corpus-id, score), got {len(fields)}"
+            )
+        query_id, doc_id, score_text = fields
+        if first:
+            first = False
+            if not _INT_RE.fullmatch(score_text):
+                continue  # header line
+        if not _INT_RE.fullmatch(score_text):
+            raise InputError(f"{where}: score {score_text!r} is not an integer")
+        if not query_id or not doc_id:
+            raise InputError(f"{where}: empty query id or corpus id")
+        score = max(int(score_text), 0)
+        judged = qrels.setdefault(query_id, {})
+        if doc_id in judged and judged[doc_id] != score:
+            raise InputError(
+                f"{where}: conflicting score {score} for query {query_id!r}, "
+                f"doc {doc_id!r} (already {judged[doc_id]})"
+            )
+        judged[doc_id] = score
+    return qrels
+
+
+# --------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """Mean metrics over the evaluated queries."""
+
+    queries: int
+    ndcg_at_10: float
+    mrr_at_10: float
+    recall: dict[int, float]
+
+    def as_dict(self) -> dict:
+        """Flat dict: ``queries``, ``ndcg@10``, ``mrr@10``, ``recall@K`` per K."""
+        flat: dict = {
+            "queries": self.queries,
+            "ndcg@10": self.ndcg_at_10,
+            "mrr@10": self.mrr_at_10,
+        }
+        for k in sorted(self.recall):
+            flat[f"recall@{k}"] = self.recall[k]
+        return flat
+
+
+def _dedupe(ranking: Iterable[str]) -> list[str]:
+    """Keep the first occurrence of each doc id, preserving order."""
+    return list(dict.fromkeys(ranking))
+
+
+def _dcg(gains: Iterable[int]) -> float:
+    """Discounted cumulative gain: sum of ``gain / log2(rank + 1)``, rank from 1."""
+    return sum(gain / math.log2(rank + 1) for rank, gain in enumerate(gains, start=1))
+
+
+def evaluate(
+    run: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    ks: Iterable[int] = DEFAULT_KS,
+) -> EvalResult:
+    """Score a run against qrels; every metric is a plain mean over queries.
+
+    Evaluated queries are those of ``qrels`` with at least one doc of score
+    > 0; one of them that is missing from ``run`` counts with an empty ranking
+    (all metrics 0). Run queries that are not evaluated are ignored. Within a
+    ranking a repeated doc id counts once, at its first position (later copies
+    are dropped, so the docs after them move up).
+
+    * nDCG@10 -- linear gain (the relevance grade), discount
+      ``1 / log2(rank + 1)``; the ideal DCG uses the query's judged grades
+      sorted descending, cut at 10 (trec_eval ``ndcg_cut_10``).
+    * MRR@10 -- ``1 / rank`` of the first relevant doc in the top 10, else 0.
+    * Recall@k -- ``|relevant in top k| / |relevant|`` for each k in ``ks``.
+
+    With no evaluated queries every mean is 0.0 and ``queries`` is 0.
+    """
+    cuts = sorted(set(ks))
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in cuts):
+        raise ValueError(f"ks must be positive integers, got {tuple(ks)!r}")
+
+    ndcg_sum = 0.0
+    mrr_sum = 0.0
+    recall_sums = {k: 0.0 for k in cuts}
+    evaluated = 0
+    for query_id, judged in qrels.items():
+        relevant = {doc for doc, grade in judged.items() if grade > 0}
+        if not relevant:
+            continue
+        evaluated += 1
+        ranking = _dedupe(run.get(query_id, ()))
+
+        top = ranking[:NDCG_CUT]
+        ideal = sorted((max(g, 0) for g in judged.values()), reverse=True)[:NDCG_CUT]
+        ndcg_sum += _dcg(max(judged.get(doc, 0), 0) for doc in top) / _dcg(ideal)
+
+        for rank, doc in enumerate(ranking[:MRR_CUT], start=1):
+            if doc in relevant:
+                mrr_sum += 1.0 / rank
+                break
+
+        for k in cuts:
+            recall_sums[k] += len(relevant.intersection(ranking[:k])) / len(relevant)
+
+    def mean(total: float) -> float:
+        return total / evaluated if evaluated else 0.0
+
+    return EvalResult(
+        queries=evaluated,
+        ndcg_at_10=mean(ndcg_sum),
+        mrr_at_10=mean(mrr_sum),
+        recall={k: mean(total) for k, total in recall_sums.items()},
+    )
+
+
+# --------------------------------------------------------------------------
+# Rank correlation
+# --------------------------------------------------------------------------
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n; tied values share the mean of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    # start index of each run of equal values, and the run lengths
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    lengths = np.diff(np.r_[starts, len(values)])
+    group_rank = starts + (lengths + 1) / 2.0  # mean of ranks start+1 .. start+len
+    ranks = np.empty(len(values), dtype=float)
+    ranks[order] = np.repeat(group_rank, lengths)
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation, ties given average ranks.
+
+    Matches ``scipy.stats.spearmanr(x, y).statistic``: ``nan`` when an input
+    is constant, has fewer than two values, or contains NaN. Raises
+    :class:`ValueError` when the inputs differ in length.
+    """
+    a = np.asarray(x, dtype=float).ravel()
+    b = np.asarray(y, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman: x and y differ in length ({a.size} != {b.size})")
+    if a.size < 2 or np.isnan(a).any() or np.isnan(b).any():
+        return float("nan")
+    ra = _average_ranks(a)
+    rb = _average_ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    if denom == 0.0:
+        return float("nan")
+    return float(max(-1.0, min(1.0, float(ra @ rb) / denom)))
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+
+def format_table(rows: Sequence[tuple[str, EvalResult]]) -> str:
+    """Plain-text table, one line per ``(label, result)``, numbers to 4 decimals.
+
+    Columns: ``run  queries  nDCG@10  MRR@10  R@k...`` with one ``R@k`` column
+    per recall cut found in the results (``R@1 R@5 R@10 R@100`` by default);
+    a cut a result lacks shows ``-``. Labels are left-aligned, numbers
+    right-aligned, columns separated by two spaces.
+    """
+    cuts = sorted({k for _, result in rows for k in result.recall}) or list(DEFAULT_KS)
+    header = ["run", "queries", "nDCG@10", "MRR@10"] + [f"R@{k}" for k in cuts]
+    body = [
+        [label, str(result.queries), f"{result.ndcg_at_10:.4f}", f"{result.mrr_at_10:.4f}"]
+        + [f"{result.recall[k]:.4f}" if k in result.recall else "-" for k in cuts]
+        for label, result in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        parts = [cells[0].ljust(widths[0])]
+        parts += [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:])]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join(render(line) for line in [header, *body])
