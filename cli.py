@@ -193,8 +193,8 @@ def index_group() -> None:
 @index_option
 @click.option("--force", is_flag=True, help="Replace an existing index (the old one stays until the new one is complete).")
 @model_options()
-@click.option("--passage-overlap", type=int, default=32, show_default=True,
-              help="Tokens shared by consecutive passages of a long document.")
+@click.option("--passage-overlap", type=int, default=None,
+              help="Tokens shared by consecutive passages of a long document (default: 32, at most a quarter of the window).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
 @source_options
 @quiet_option

@@ -38,7 +38,7 @@ from .passages import split_passages
 from .store import DB_NAME, SCHEMA_VERSION, MetadataStore, NewPassage, _now
 from .vectors import VectorIndex, vector_files
 
-DEFAULT_PASSAGE_OVERLAP = 32
+DEFAULT_PASSAGE_OVERLAP = 32  # tokens; at most a quarter of the window
 COMMIT_EVERY = 1000  # documents per committed transaction while adding
 
 Progress = Callable[[int], None]
@@ -147,7 +147,7 @@ class Index:
         pooling: str = "mean",
         *,
         max_length: int | None = None,
-        passage_overlap: int = DEFAULT_PASSAGE_OVERLAP,
+        passage_overlap: int | None = None,
         precision: str = "fp32",
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | None = None,
@@ -170,7 +170,9 @@ class Index:
                 raise IndexExistsError(f"{path} exists and is not a folder")
         encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
                                batch_size=batch_size, precision=precision, device=device)
-        if not 0 <= passage_overlap < encoder.window // 2 + 1:
+        if passage_overlap is None:
+            passage_overlap = min(DEFAULT_PASSAGE_OVERLAP, encoder.window // 4)
+        if not 0 <= passage_overlap <= encoder.window // 2:
             raise SemsearchError(
                 f"passage overlap must be between 0 and {encoder.window // 2} tokens (got {passage_overlap})"
             )
