@@ -27,7 +27,11 @@ def split_passages(
     window: int,
     overlap: int,
 ) -> list[PassageSpan]:
-    """Token windows of at most ``window`` tokens, consecutive windows sharing ``overlap`` tokens."""
+    """Token windows of ``window`` tokens (fewer only for a short text).
+
+    Consecutive windows share ``overlap`` tokens; the last one shares at least
+    that many, since it ends at the last token.
+    """
     if window < 1:
         raise ValueError("window must be at least 1 token")
     if not 0 <= overlap < window:
@@ -37,7 +41,10 @@ def split_passages(
     step = window - overlap
     starts = [0]
     while starts[-1] + window < len(ids):
-        starts.append(starts[-1] + step)
+        # The last window is pulled back to end at the last token, so it is as
+        # long as the others: a short tail would be scored on a few words alone
+        # (with mean pooling such fragments match generic queries too well).
+        starts.append(min(starts[-1] + step, len(ids) - window))
     spans = []
     for order, first in enumerate(starts):
         last = min(first + window, len(ids)) - 1

@@ -41,9 +41,15 @@ def test_passages_cover_the_text_in_order(text, window, overlap_frac):
     assert spans[0].start == 0 and spans[-1].end == len(text)
     for a, b in zip(spans, spans[1:]):
         assert b.start <= a.end and a.start < b.start
-    # Consecutive windows share exactly `overlap` tokens (all but possibly the last).
-    for a, b in zip(spans, spans[1:]):
+    # Windows are full length; consecutive ones share exactly `overlap` tokens,
+    # except the last, which ends at the last token and may share more.
+    if len(ids) >= window:
+        assert all(len(s.token_ids) == window for s in spans)
+    for a, b in zip(spans[:-2], spans[1:-1]):
         assert a.token_ids[-overlap:] == b.token_ids[:overlap] if overlap else set(a.token_ids).isdisjoint(b.token_ids)
+    if len(spans) > 1:
+        shared = len(set(spans[-2].token_ids) & set(spans[-1].token_ids))
+        assert shared >= overlap
     # The spans' union reproduces the text exactly.
     rebuilt = "".join(text[max(s.start, spans[i - 1].end if i else 0) : s.end] for i, s in enumerate(spans))
     assert rebuilt == text
@@ -59,6 +65,8 @@ def test_windows_step_by_window_minus_overlap():
     ids, offsets = tokens_of(" ".join(str(i) for i in range(10)))
     spans = split_passages(ids, offsets, 19, window=4, overlap=1)
     assert [s.token_ids for s in spans] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    spans = split_passages(ids[:9], offsets[:9], 17, window=4, overlap=1)
+    assert [s.token_ids for s in spans] == [[0, 1, 2, 3], [3, 4, 5, 6], [5, 6, 7, 8]]
 
 
 def test_bad_overlap_is_refused():
