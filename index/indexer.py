@@ -42,6 +42,7 @@ DEFAULT_PASSAGE_OVERLAP = 32  # tokens; at most a quarter of the window
 COMMIT_EVERY = 1000  # documents per committed transaction while adding
 
 Progress = Callable[[int], None]
+OnCommit = Callable[[list[str]], None]  # called with the ids of each committed chunk
 
 
 @dataclass
@@ -231,6 +232,7 @@ class Index:
         *,
         force: bool = False,
         progress: Progress | None = None,
+        on_commit: OnCommit | None = None,
         **config: Any,
     ) -> tuple["Index", AddResult]:
         """Create an index at ``path`` and add ``documents``.
@@ -246,7 +248,7 @@ class Index:
             if existing.config.get("complete", True):
                 raise IndexExistsError(f"an index already exists at {path}; pass --force to replace it")
             with existing._writing():
-                result = existing._add(documents, progress)
+                result = existing._add(documents, progress, on_commit)
                 existing.store.set_info({"complete": True})
             return existing, result
         if is_index(path):
@@ -255,7 +257,7 @@ class Index:
             try:
                 new = cls.create(staging, **config)
                 with new._writing():
-                    result = new._add(documents, progress)
+                    result = new._add(documents, progress, on_commit)
                 new.store.close()
                 old = path.parent / f".{path.name}.old-{os.getpid()}"
                 os.replace(path, old)
@@ -269,7 +271,7 @@ class Index:
         with new._writing():
             with new.store.transaction():
                 new.store.set_info({"complete": False})
-            result = new._add(documents, progress)
+            result = new._add(documents, progress, on_commit)
             with new.store.transaction():
                 new.store.set_info({"complete": True})
         return new, result
@@ -376,17 +378,19 @@ class Index:
             yield
 
     # --- writes -----------------------------------------------------------------------------
-    def add(self, documents: Iterable[Any], progress: Progress | None = None) -> AddResult:
+    def add(self, documents: Iterable[Any], progress: Progress | None = None,
+            on_commit: OnCommit | None = None) -> AddResult:
         """Upsert documents (``{"id", "text", "metadata"}`` mappings or objects).
 
         Committed every ``COMMIT_EVERY`` documents; a document whose text is
         unchanged is not encoded again (only its metadata is updated). When an
         id repeats in the input, the last one wins and it is reported.
+        ``on_commit`` is called with the ids of each chunk once it is durable.
         """
         with self._writing():
-            return self._add(documents, progress)
+            return self._add(documents, progress, on_commit)
 
-    def _add(self, documents: Iterable[Any], progress: Progress | None) -> AddResult:
+    def _add(self, documents: Iterable[Any], progress: Progress | None, on_commit: OnCommit | None = None) -> AddResult:
         result = AddResult()
         seen: set[str] = set()
         chunk: dict[str, tuple[str, dict]] = {}
@@ -398,13 +402,14 @@ class Index:
             seen.add(doc_id)
             chunk[doc_id] = (text, meta)
             if len(chunk) >= COMMIT_EVERY:
-                self._add_chunk(chunk, result, progress)
+                self._add_chunk(chunk, result, progress, on_commit)
                 chunk = {}
         if chunk:
-            self._add_chunk(chunk, result, progress)
+            self._add_chunk(chunk, result, progress, on_commit)
         return result
 
-    def _add_chunk(self, chunk: dict[str, tuple[str, dict]], result: AddResult, progress: Progress | None) -> None:
+    def _add_chunk(self, chunk: dict[str, tuple[str, dict]], result: AddResult, progress: Progress | None,
+                   on_commit: OnCommit | None = None) -> None:
         existing = self.store.existing(list(chunk))
         to_encode: dict[str, tuple[str, str, str]] = {}
         meta_only: list[tuple[str, str]] = []
@@ -443,6 +448,8 @@ class Index:
                     result.added += 1
             self.store.update_metadata(meta_only)
             generation = self.store.bump_generation()
+        if on_commit:
+            on_commit([d for d in chunk if d not in result.skipped_empty])
         self._vectors.remove(removed)
         if new_ids:
             self._vectors.add(np.asarray(new_ids, dtype=np.int64), np.stack(new_vecs))
