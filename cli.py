@@ -316,6 +316,56 @@ def index_info(index_path, as_json) -> None:
             click.echo(f"{key.ljust(width)}  {value}")
 
 
+@index_group.command("check")
+@index_option
+@click.option("--sample", type=int, default=20, show_default=True, help="Passages to re-encode and compare.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def index_check(index_path, sample, as_json) -> None:
+    """Verify an index: counts, FAISS id mapping, model fingerprint, and a sample re-encoded.
+
+    Exits 1 when it finds a problem, and says how to fix it.
+
+    \b
+    Example:
+      semsearch index check --index my-index
+    """
+    from index.indexer import Index
+
+    report = Index.open(index_path).check(sample=sample)
+    if as_json:
+        click.echo(_dump(report.as_dict()))
+    else:
+        click.echo(f"{index_path}: {report.documents} documents, {report.passages} passages, {report.vectors} vectors")
+        if report.sampled:
+            click.echo(f"re-encoded {report.sampled} sampled passages: lowest cosine to the stored vectors {report.min_cosine:.6f}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        for problem in report.problems:
+            click.echo(f"problem: {problem}")
+        click.echo("ok" if report.ok else f"{len(report.problems)} problem(s) found")
+    if not report.ok:
+        sys.exit(1)
+
+
+@index_group.command("repair")
+@index_option
+@wait_option
+def index_repair(index_path, wait) -> None:
+    """Make an index consistent again from what SQLite holds (never deletes a document).
+
+    Rewrites the FAISS file from the stored vectors, re-encodes documents that
+    have no passages, and removes what interrupted writes left behind.
+
+    \b
+    Example:
+      semsearch index repair --index my-index && semsearch index check --index my-index
+    """
+    from index.indexer import Index
+
+    for action in Index.open(index_path, wait=wait).repair().actions:
+        click.echo(action, err=True)
+
+
 @cli.command("query")
 @click.argument("text", required=False)
 @index_option

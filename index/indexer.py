@@ -331,6 +331,18 @@ class Index:
             created_at=cfg["created_at"], updated_at=cfg["updated_at"],
         )
 
+    def check(self, sample: int = 20):
+        """Verify counts, the FAISS id mapping, the model and a re-encoded sample (see ``index.check``)."""
+        from .check import check_index
+
+        return check_index(self, sample=sample)
+
+    def repair(self):
+        """Rewrite what can be rebuilt from SQLite (FAISS file, leftovers); loses no document."""
+        from .check import repair_index
+
+        return repair_index(self)
+
     # --- the vector index, consistent with the committed store -------------------------
     @property
     def vectors(self) -> VectorIndex:
@@ -344,7 +356,7 @@ class Index:
         with store.transaction(immediate=False):  # one read snapshot: generation, counts, vectors
             generation = store.generation()
             dimension = int(store.get_info()["dimension"])
-            _, n_passages = store.counts()
+            n_passages, id_sum = store.conn.execute("SELECT count(*), coalesce(sum(id), 0) FROM passages").fetchone()
             path = self.path / f"vectors-{generation}.faiss"
             vectors = None
             if path.is_file():
@@ -352,7 +364,10 @@ class Index:
                     vectors = VectorIndex.load(path)
                 except (SemsearchError, FileNotFoundError):
                     vectors = None
-                if vectors is not None and (vectors.ntotal != n_passages or vectors.dimension != dimension):
+                if vectors is not None and (
+                    vectors.ntotal != n_passages or vectors.dimension != dimension
+                    or int(vectors.ids().sum()) != id_sum
+                ):
                     vectors = None
             if vectors is None:  # missing, stale or damaged: rebuild from the stored vectors
                 vectors = VectorIndex.from_batches(dimension, store.iter_vectors(dimension))
