@@ -83,6 +83,12 @@ def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress on standard error.")(f)
 
 
+def search_options(f):
+    f = click.option("--nprobe", type=int, default=None, help="IVF lists to visit (default: tuned for recall@10 >= 0.95).")(f)
+    f = click.option("--ef-search", type=int, default=None, help="HNSW search breadth (default: tuned for recall@10 >= 0.95).")(f)
+    return f
+
+
 def wait_option(f):
     return click.option("--wait", is_flag=True,
                         help="If another process is writing the index, wait for it instead of failing.")(f)
@@ -195,11 +201,13 @@ def index_group() -> None:
 @model_options()
 @click.option("--passage-overlap", type=int, default=None,
               help="Tokens shared by consecutive passages of a long document (default: 32, at most a quarter of the window).")
+@click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "ivfpq", "auto"]), default="flat",
+              show_default=True, help="FAISS index: exact flat, or approximate (auto chooses by size).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
 @source_options
 @quiet_option
 def index_build(sources, index_path, force, model, layer, pooling, max_length, precision,
-                passage_overlap, batch_size, id_field, text_field, fmt, strict, quiet) -> None:
+                passage_overlap, index_type, batch_size, id_field, text_field, fmt, strict, quiet) -> None:
     """Create an index from SOURCES (JSONL, CSV, TSV, .txt/.md files, folders, or - for stdin).
 
     \b
@@ -216,6 +224,7 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
     index, result = Index.build(
         index_path, docs, force=force, progress=progress, model=model, layer=layer, pooling=pooling,
         max_length=max_length, passage_overlap=passage_overlap, precision=precision, batch_size=batch_size,
+        index_type=index_type,
     )
     progress.finish()
     _report_add(result, index_path, time.monotonic() - started, report)
@@ -269,11 +278,13 @@ def index_delete(ids, index_path, wait) -> None:
 @index_option
 @model_options(default_layer=None)
 @click.option("--passage-overlap", type=int, default=None, help="Tokens shared by consecutive passages (default: as recorded).")
+@click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "ivfpq", "auto"]), default=None,
+              help="Switch the FAISS index type (alone, this re-indexes the stored vectors without encoding).")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
 @quiet_option
 @wait_option
 def index_rebuild(index_path, model, layer, pooling, max_length, precision, passage_overlap,
-                  batch_size, quiet, wait) -> None:
+                  index_type, batch_size, quiet, wait) -> None:
     """Re-encode every stored document, optionally with another model, layer or pooling.
 
     Searches keep using the old vectors until the new ones are complete.
@@ -287,12 +298,13 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, pass
     index = Index.open(index_path, batch_size=batch_size, wait=wait)
     progress = Progress("re-encoding documents", total=index.store.counts()[0], quiet=quiet)
     result = index.rebuild(model=model, layer=layer, pooling=pooling, max_length=max_length,
-                           passage_overlap=passage_overlap, precision=precision, progress=progress)
+                           passage_overlap=passage_overlap, precision=precision, index_type=index_type,
+                           progress=progress)
     progress.finish()
     cfg = index.config
-    click.echo(f"{index_path}: re-encoded {result.documents} documents ({result.passages} passages) "
-               f"with {cfg['model']}, layer {cfg['layer']}, {cfg['pooling']} pooling in {result.seconds:.1f} s",
-               err=True)
+    click.echo(f"{index_path}: {result.documents} documents ({result.passages} passages) "
+               f"with {cfg['model']}, layer {cfg['layer']}, {cfg['pooling']} pooling, "
+               f"{index.info().vector_index} index, in {result.seconds:.1f} s", err=True)
 
 
 @index_group.command("info")
@@ -374,8 +386,9 @@ def index_repair(index_path, wait) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per query).")
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False),
               help="Run every query of a BEIR queries.jsonl file; prints JSON lines.")
+@search_options
 @quiet_option
-def query(text, index_path, k, where, as_json, queries_file, quiet) -> None:
+def query(text, index_path, k, where, as_json, queries_file, ef_search, nprobe, quiet) -> None:
     """Find the documents that mean the same as TEXT.
 
     \b
@@ -389,7 +402,7 @@ def query(text, index_path, k, where, as_json, queries_file, quiet) -> None:
     if (text is None) == (queries_file is None):
         raise SemsearchError("give either a query TEXT or --queries FILE")
     filters = _parse_where(where)
-    searcher = Searcher(index_path)
+    searcher = Searcher(index_path, ef_search=ef_search, nprobe=nprobe)
     if queries_file:
         from search.evaluation import load_queries
 
@@ -464,8 +477,9 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, batch
 @click.option("--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False),
               help="Relevance judgements: TSV query-id, corpus-id, score.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@search_options
 @quiet_option
-def evaluate_cmd(index_path, queries_file, qrels_file, as_json, quiet) -> None:
+def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprobe, quiet) -> None:
     """Measure retrieval quality: nDCG@10, MRR@10 and Recall@1/5/10/100.
 
     Only queries that appear in the qrels are run.
@@ -486,7 +500,7 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, quiet) -> None:
         click.echo(f"warning: {len(run)} empty quer(ies) count as retrieving nothing: "
                    + ", ".join(list(run)[:5]), err=True)
     queries = [q for q in queries if q.id not in run]
-    searcher = Searcher(index_path)
+    searcher = Searcher(index_path, ef_search=ef_search, nprobe=nprobe)
     progress = Progress("running queries", total=len(queries), quiet=quiet)
     for start in range(0, len(queries), 64):
         chunk = queries[start : start + 64]

@@ -70,6 +70,8 @@ def check_index(index: Index, sample: int = 20, tolerance: float = 1e-3, seed: i
         report.notes.append(f"leftover FAISS files of other generations: {', '.join(stale)}")
     rows = {int(i) for ids, _ in store.iter_vectors(cfg["dimension"]) for i in ids}
     if on_disk is not None:
+        if on_disk.kind == "hnsw":  # deleted passages stay in an HNSW file as tombstones
+            on_disk.deleted = set(on_disk.all_ids().tolist()) - rows
         report.vectors = on_disk.ntotal
         faiss_ids = set(on_disk.ids().tolist())
         if on_disk.dimension != cfg["dimension"]:

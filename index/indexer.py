@@ -36,7 +36,7 @@ from .errors import (
 from .lock import WriteLock
 from .passages import split_passages
 from .store import DB_NAME, SCHEMA_VERSION, MetadataStore, NewPassage, _now
-from .vectors import VectorIndex, vector_files
+from .vectors import INDEX_TYPES, VectorIndex, n_lists, resolve_type, vector_files
 
 DEFAULT_PASSAGE_OVERLAP = 32  # tokens; at most a quarter of the window
 COMMIT_EVERY = 1000  # documents per committed transaction while adding
@@ -60,6 +60,7 @@ class IndexInfo:
     passage_overlap: int
     precision: str
     index_type: str
+    vector_index: str  # what the FAISS index is now (auto and untrained IVF resolve by size)
     schema_version: int
     generation: int
     documents: int
@@ -150,6 +151,7 @@ class Index:
         max_length: int | None = None,
         passage_overlap: int | None = None,
         precision: str = "fp32",
+        index_type: str = "flat",
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | None = None,
         force: bool = False,
@@ -169,6 +171,7 @@ class Index:
                 raise IndexExistsError(f"{path} exists and is not an empty folder or a semsearch index")
             elif not path.is_dir():
                 raise IndexExistsError(f"{path} exists and is not a folder")
+        resolve_type(index_type, 0)  # validates the name before anything is written
         encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
                                batch_size=batch_size, precision=precision, device=device)
         if passage_overlap is None:
@@ -185,7 +188,7 @@ class Index:
                 **encoder.describe(),
                 "passage_tokens": encoder.window,
                 "passage_overlap": passage_overlap,
-                "index_type": "flat",
+                "index_type": index_type,
                 "generation": 0,
                 "next_passage_id": 1,
                 "complete": True,
@@ -325,7 +328,8 @@ class Index:
             layer=cfg["layer"], pooling=cfg["pooling"], dimension=cfg["dimension"],
             max_length=cfg["max_length"], passage_tokens=cfg["passage_tokens"],
             passage_overlap=cfg["passage_overlap"], precision=cfg["precision"],
-            index_type=cfg.get("index_type", "flat"), schema_version=SCHEMA_VERSION,
+            index_type=cfg.get("index_type", "flat"), vector_index=vectors.describe(),
+            schema_version=SCHEMA_VERSION,
             generation=self._vectors_generation, documents=docs, passages=passages,
             vectors=vectors.ntotal, complete=bool(cfg.get("complete", True)),
             created_at=cfg["created_at"], updated_at=cfg["updated_at"],
@@ -351,30 +355,59 @@ class Index:
             self._load_vectors()
         return self._vectors
 
-    def _load_vectors(self) -> None:
+    def _load_vectors(self, rebuild_kind: str = "flat") -> bool:
+        """Load the FAISS file of the committed generation; returns False when it had to be rebuilt.
+
+        A missing, damaged or mismatched file is never served: the index is
+        rebuilt from the vectors stored in SQLite (readers build an exact flat
+        index; writers the configured type, then save it).
+        """
         store = self.store
         with store.transaction(immediate=False):  # one read snapshot: generation, counts, vectors
             generation = store.generation()
             dimension = int(store.get_info()["dimension"])
-            n_passages, id_sum = store.conn.execute("SELECT count(*), coalesce(sum(id), 0) FROM passages").fetchone()
             path = self.path / f"vectors-{generation}.faiss"
             vectors = None
             if path.is_file():
                 try:
-                    vectors = VectorIndex.load(path)
+                    vectors = self._matching(VectorIndex.load(path), dimension)
                 except (SemsearchError, FileNotFoundError):
                     vectors = None
-                if vectors is not None and (
-                    vectors.ntotal != n_passages or vectors.dimension != dimension
-                    or int(vectors.ids().sum()) != id_sum
-                ):
-                    vectors = None
-            if vectors is None:  # missing, stale or damaged: rebuild from the stored vectors
-                vectors = VectorIndex.from_batches(dimension, store.iter_vectors(dimension))
+            from_file = vectors is not None
+            if vectors is None:
+                n = store.counts()[1]
+                vectors = VectorIndex.build(rebuild_kind, dimension, n, lambda: store.iter_vectors(dimension))
         self._vectors, self._vectors_generation = vectors, generation
+        return from_file
+
+    def _matching(self, vectors: VectorIndex, dimension: int) -> VectorIndex | None:
+        """``vectors`` if its ids are exactly the stored passages' (HNSW: plus tombstones), else None."""
+        if vectors.dimension != dimension:
+            return None
+        if vectors.kind == "hnsw":
+            stored = np.fromiter((r[0] for r in self.store.conn.execute("SELECT id FROM passages")), dtype=np.int64)
+            in_file = vectors.all_ids()
+            if np.setdiff1d(stored, in_file).size or len(np.unique(in_file)) != len(in_file):
+                return None
+            vectors.deleted = set(np.setdiff1d(in_file, stored).tolist())
+            return vectors
+        n_passages, id_sum = self.store.conn.execute(
+            "SELECT count(*), coalesce(sum(id), 0) FROM passages").fetchone()
+        if vectors.ntotal != n_passages or int(vectors.ids().sum()) != id_sum:
+            return None
+        return vectors
 
     def _save_vectors(self, generation: int) -> None:
-        """Write the FAISS file for ``generation`` and remove files of other generations."""
+        """Write the FAISS file for ``generation`` (first switching type or compacting if due)
+        and remove the files of other generations."""
+        kind = self.config.get("index_type", "flat")
+        n = self.store.counts()[1]
+        current = self._vectors
+        wanted = resolve_type(kind, n)
+        drifted = current.nlist is not None and n_lists(n) > 2 * current.nlist
+        if wanted != current.kind or drifted or current.needs_compaction():
+            dimension = current.dimension
+            self._vectors = VectorIndex.build(kind, dimension, n, lambda: self.store.iter_vectors(dimension))
         self._vectors.save(self.path, generation)
         self._vectors_generation = generation
         for gen, file in vector_files(self.path).items():
@@ -385,10 +418,8 @@ class Index:
     def _writing(self):
         """Hold the write lock; make sure the FAISS file matches the store before writing."""
         with WriteLock(self.path, self.wait):
-            self._load_vectors()
-            if not (self.path / f"vectors-{self._vectors_generation}.faiss").is_file() or len(
-                vector_files(self.path)
-            ) > 1:
+            from_file = self._load_vectors(rebuild_kind=self.config.get("index_type", "flat"))
+            if not from_file or len(vector_files(self.path)) > 1:
                 self._save_vectors(self._vectors_generation)
             yield
 
@@ -533,16 +564,25 @@ class Index:
         max_length: int | None = None,
         passage_overlap: int | None = None,
         precision: str | None = None,
+        index_type: str | None = None,
         progress: Progress | None = None,
     ) -> RebuildResult:
         """Re-encode every stored text with a new configuration (unset values keep the recorded ones).
 
         New passages are written to a side table; the switch (passages, FAISS
         file and recorded configuration) happens in one transaction at the end,
-        so searches see the old index until the new one is complete.
+        so searches see the old index until the new one is complete. When only
+        ``index_type`` changes, the stored vectors are re-indexed without
+        encoding anything.
         """
         started = time.monotonic()
         cfg = self.config
+        if index_type is not None:
+            resolve_type(index_type, 0)  # validates the name
+        only_type = index_type is not None and all(
+            v is None for v in (model, layer, pooling, max_length, passage_overlap, precision))
+        if only_type:
+            return self._reindex(index_type, started)
         encoder = Encoder.load(
             cfg["model"] if model is None else model,
             layer=cfg["layer"] if layer is None else layer,
@@ -572,7 +612,8 @@ class Index:
                 with self.store.transaction():
                     self.store.swap_in_next_passages()
                     self.store.set_info({**encoder.describe(), "passage_tokens": encoder.window,
-                                         "passage_overlap": overlap})
+                                         "passage_overlap": overlap,
+                                         "index_type": index_type or cfg.get("index_type", "flat")})
                     generation = self.store.bump_generation()
             except BaseException:
                 self.store.drop_next_passages()
@@ -581,3 +622,16 @@ class Index:
             self._save_vectors(generation)
         self._encoder = encoder
         return RebuildResult(documents=n_docs, passages=n_passages, seconds=time.monotonic() - started)
+
+    def _reindex(self, index_type: str, started: float) -> RebuildResult:
+        """Switch the vector index type, building the new one from the stored vectors first."""
+        with self._writing():
+            dimension = int(self.config["dimension"])
+            n_docs, n = self.store.counts()
+            new = VectorIndex.build(index_type, dimension, n, lambda: self.store.iter_vectors(dimension))
+            with self.store.transaction():
+                self.store.set_info({"index_type": index_type})
+                generation = self.store.bump_generation()
+            self._vectors = new
+            self._save_vectors(generation)
+        return RebuildResult(documents=n_docs, passages=n, seconds=time.monotonic() - started)

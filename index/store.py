@@ -299,6 +299,15 @@ class MetadataStore:
                 out[r[0]] = PassageRow(*r)
         return out
 
+    def vectors_of(self, ids: Sequence[int], dimension: int) -> dict[int, np.ndarray]:
+        """The stored float32 vectors of some passages."""
+        out: dict[int, np.ndarray] = {}
+        for chunk in _chunked([int(i) for i in ids], 500):
+            marks = ",".join("?" * len(chunk))
+            for pid, blob in self.conn.execute(f"SELECT id, vector FROM passages WHERE id IN ({marks})", chunk):
+                out[pid] = np.frombuffer(blob, dtype=np.float32, count=dimension)
+        return out
+
     def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, dict]]:
         """``id -> (text, metadata)``."""
         out: dict[str, tuple[str, dict]] = {}

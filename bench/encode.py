@@ -1,0 +1,173 @@
+"""Encoding speed: documents per second of semsearch's Encoder against sentence-transformers.
+
+Both sides encode the same texts with the same model folder (the embedded
+all-MiniLM-L6-v2), the same max length and the same torch thread count.
+sentence-transformers runs ``encode(texts, batch_size=32)`` (its last layer);
+semsearch runs its product default (layer -2, mean pooling) in each requested
+precision and batch size. Two workloads from ../shared/data: the first 1,000
+SciFact abstracts (long) and the unique STSb test sentences (short).
+
+Each repetition times sentence-transformers and every semsearch configuration
+back to back, the order reversed every other repetition, and the table reports
+medians. Accuracy: the minimum cosine between each configuration's vectors and
+the slow fp32 reference (``hidden_states_reference``, same layer and pooling)
+on a sample of at most 200 texts per workload. Prints a table and one JSON line.
+
+    python bench/encode.py --quick
+    python bench/encode.py --precision fp32 bf16 auto --batch-size 16 32 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from index.encoder import DEFAULT_BATCH_SIZE, PRECISIONS, Encoder, choose_precision  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+SCIFACT = Path("scifact") / "corpus.jsonl"
+STSB = Path("stsb_en") / "stsb-en-test.csv"
+SAMPLE = 200  # texts checked against the slow fp32 reference, per workload
+WARMUP = 8  # texts encoded once per side before timing
+
+
+def load_abstracts(path: Path, limit: int) -> list[str]:
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if len(texts) >= limit:
+                break
+            doc = json.loads(line)
+            texts.append(f"{doc['title']} {doc['text']}" if doc.get("title") else doc["text"])
+    return texts
+
+
+def load_sentences(path: Path, limit: int | None) -> list[str]:
+    unique: dict[str, None] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            unique.setdefault(row[0])
+            unique.setdefault(row[1])
+    return list(unique)[:limit]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    vectors = fn(texts)
+    return len(texts) / (time.perf_counter() - start), vectors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[DEFAULT_BATCH_SIZE])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 2)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--quick", action="store_true", help="200 abstracts, 500 sentences, 2 repeats")
+    args = parser.parse_args()
+    if not (args.data / SCIFACT).is_file() or not (args.data / STSB).is_file():
+        print(f"skipped: SciFact or STSb data not found under {args.data}", file=sys.stderr)
+        return 0
+    repeats = args.repeats or (2 if args.quick else 3)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message=r".*longer than \d+ tokens were truncated")
+    from sentence_transformers import SentenceTransformer
+
+    workloads = {
+        "scifact": load_abstracts(args.data / SCIFACT, 200 if args.quick else 1000),
+        "stsb": load_sentences(args.data / STSB, 500 if args.quick else None),
+    }
+    configs = {
+        f"semsearch {p} b{b}": Encoder.load(layer=-2, pooling="mean", precision=p, batch_size=b,
+                                             device=args.device)
+        for p in args.precision for b in args.batch_size
+    }
+    first = next(iter(configs.values()))
+    reference = Encoder.load(layer=-2, pooling="mean", precision="fp32", device=args.device)
+    st = SentenceTransformer(first.model_path, device=first.device)
+    st.max_seq_length = first.max_length
+
+    def st_encode(texts: list[str]) -> np.ndarray:
+        return st.encode(texts, batch_size=32, show_progress_bar=False)
+
+    sides: dict[str, Callable[[list[str]], np.ndarray]] = {"sentence-transformers": st_encode}
+    sides.update({name: enc.encode for name, enc in configs.items()})
+
+    results: dict[str, dict] = {}
+    for workload, texts in workloads.items():
+        for fn in sides.values():  # warm-up, not timed
+            fn(texts[:WARMUP])
+        runs: dict[str, list[float]] = {name: [] for name in sides}
+        vectors: dict[str, np.ndarray] = {}
+        for rep in range(repeats):
+            order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+            for name in order:
+                rate, vectors[name] = timed(sides[name], texts)
+                runs[name].append(rate)
+        step = max(1, len(texts) // SAMPLE)
+        sample = list(range(0, len(texts), step))[:SAMPLE]
+        ref = reference.hidden_states_reference([texts[i] for i in sample])
+        st_rate = statistics.median(runs["sentence-transformers"])
+        rows: dict[str, dict] = {}
+        for name, rates in runs.items():
+            rate = statistics.median(rates)
+            row = {"docs_per_s": round(rate, 2), "ratio_vs_st": round(rate / st_rate, 3),
+                   "min_cosine": None, "runs": [round(r, 2) for r in rates]}
+            if name in configs:
+                cos = (vectors[name][sample] * ref).sum(axis=1)
+                row.update(precision=configs[name].precision, batch_size=configs[name].batch_size,
+                           min_cosine=round(float(cos.min()), 6))
+            rows[name] = row
+        results[workload] = {"docs": len(texts), "cosine_sample": len(sample), "sides": rows}
+
+    info = {
+        "device": device_name(first.device), "device_kind": first.device, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "auto_precision": choose_precision("auto", first.device),
+        "model": first.model_name, "max_length": first.max_length, "layer": first.layer,
+        "pooling": first.pooling, "repeats": repeats, "quick": args.quick,
+    }
+    print(f"device: {info['device']} ({info['device_kind']}), torch {info['torch']}, "
+          f"{info['threads']} threads, auto -> {info['auto_precision']}, max length {info['max_length']}, "
+          f"{repeats} repeats (medians)")
+    print(f"{'workload':<9} {'docs':>5} {'config':<28} {'docs/s':>9} {'vs ST':>7} {'min cos':>9}")
+    for workload, res in results.items():
+        for name, row in res["sides"].items():
+            label = name if "precision" not in row else f"{name} ({row['precision']})"
+            cos = "-" if row["min_cosine"] is None else f"{row['min_cosine']:.5f}"
+            print(f"{workload:<9} {res['docs']:>5} {label:<28} {row['docs_per_s']:>9.1f} "
+                  f"{row['ratio_vs_st']:>6.2f}x {cos:>9}")
+    print(json.dumps({"benchmark": "encode", **info, "workloads": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
