@@ -8,6 +8,7 @@ non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 import warnings
@@ -67,6 +68,8 @@ class SemsearchGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; everything committed before now is kept", err=True)
             ctx.exit(130)
+        except sqlite3.DatabaseError as exc:  # e.g. "database or disk is full"; the transaction was rolled back
+            raise click.ClickException(f"index database error: {exc}; its last transaction was rolled back") from None
         except OSError as exc:
             if isinstance(exc, (BrokenPipeError,)):
                 ctx.exit(0)

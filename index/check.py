@@ -151,12 +151,13 @@ def repair_index(index: Index) -> RepairReport:
         if "passages_next" in store.db.table_names():
             store.drop_next_passages()
             report.actions.append("dropped the leftovers of an interrupted rebuild")
-        with store.transaction():
-            orphans = store.conn.execute(
-                "DELETE FROM passages WHERE document_id NOT IN (SELECT id FROM documents)").rowcount
-            if orphans:
-                store.bump_generation()
-                report.actions.append(f"removed {orphans} passage(s) that belonged to no document")
+        orphan_ids = [r[0] for r in store.conn.execute(
+            "SELECT id FROM passages WHERE document_id NOT IN (SELECT id FROM documents)")]
+        if orphan_ids:
+            with index._commit():
+                store.conn.executemany("DELETE FROM passages WHERE id = ?", [(i,) for i in orphan_ids])
+                index._vectors.remove(orphan_ids)
+            report.actions.append(f"removed {len(orphan_ids)} passage(s) that belonged to no document")
         bare = [r[0] for r in store.conn.execute(
             "SELECT id, text FROM documents WHERE id NOT IN (SELECT document_id FROM passages)")]
         if bare:

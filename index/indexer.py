@@ -398,8 +398,37 @@ class Index:
         return vectors
 
     def _save_vectors(self, generation: int) -> None:
-        """Write the FAISS file for ``generation`` (first switching type or compacting if due)
-        and remove the files of other generations."""
+        """Write the FAISS file for ``generation`` and remove the files of other generations."""
+        self._write_vectors(generation)
+        self._remove_other_files(generation)
+
+    @contextmanager
+    def _commit(self):
+        """One write, all or nothing; yields the new generation.
+
+        The body changes rows (and ``self._vectors``) inside a SQLite
+        transaction; the FAISS file of the new generation is written before
+        COMMIT. Any failure (a full disk included) rolls back, so the index
+        stays exactly as it was; a FAISS file written for a generation that was
+        never committed is never loaded and is removed by the next writer.
+        """
+        try:
+            with self.store.transaction():
+                generation = self.store.bump_generation()
+                yield generation
+                self._write_vectors(generation)
+        except BaseException:
+            self._vectors, self._vectors_generation = None, -1  # may be ahead of the store: reload
+            raise
+        self._remove_other_files(generation)
+
+    def _remove_other_files(self, generation: int) -> None:
+        for gen, file in vector_files(self.path).items():
+            if gen != generation:
+                file.unlink(missing_ok=True)
+
+    def _write_vectors(self, generation: int) -> None:
+        """Write the FAISS file for ``generation``, first switching type or compacting if due."""
         kind = self.config.get("index_type", "flat")
         n = self.store.counts()[1]
         current = self._vectors
@@ -410,9 +439,6 @@ class Index:
             self._vectors = VectorIndex.build(kind, dimension, n, lambda: self.store.iter_vectors(dimension))
         self._vectors.save(self.path, generation)
         self._vectors_generation = generation
-        for gen, file in vector_files(self.path).items():
-            if gen != generation:
-                file.unlink(missing_ok=True)
 
     @contextmanager
     def _writing(self):
@@ -477,7 +503,7 @@ class Index:
         removed: list[int] = []
         new_ids: list[int] = []
         new_vecs: list[np.ndarray] = []
-        with self.store.transaction():
+        with self._commit():
             for doc_id, (text, meta_json, digest) in to_encode.items():
                 passages = encoded.get(doc_id)
                 if not passages:
@@ -493,13 +519,12 @@ class Index:
                 else:
                     result.added += 1
             self.store.update_metadata(meta_only)
-            generation = self.store.bump_generation()
+            self._vectors.remove(removed)
+            if new_ids:
+                self._vectors.add(np.asarray(new_ids, dtype=np.int64), np.stack(new_vecs))
         if on_commit:
-            on_commit([d for d in chunk if d not in result.skipped_empty])
-        self._vectors.remove(removed)
-        if new_ids:
-            self._vectors.add(np.asarray(new_ids, dtype=np.int64), np.stack(new_vecs))
-        self._save_vectors(generation)
+            skipped = set(result.skipped_empty)
+            on_commit([d for d in chunk if d not in skipped])
 
     def _encode_documents(
         self, texts: dict[str, str], progress: Progress | None,
@@ -547,11 +572,9 @@ class Index:
         """Delete documents by id; ids that are not stored are reported as missing."""
         wanted = list(dict.fromkeys(normalize_text(str(i)) for i in ids))
         with self._writing():
-            with self.store.transaction():
+            with self._commit():
                 deleted, removed = self.store.delete_documents(wanted)
-                generation = self.store.bump_generation()
-            self._vectors.remove(removed)
-            self._save_vectors(generation)
+                self._vectors.remove(removed)
         gone = set(deleted)
         return DeleteResult(deleted=deleted, missing=[i for i in wanted if i not in gone])
 
@@ -609,17 +632,15 @@ class Index:
                                 new.add(np.asarray(ids, dtype=np.int64), np.stack([p.vector for p in passages]))
                             n_passages += len(passages)
                             n_docs += 1
-                with self.store.transaction():
+                with self._commit():
                     self.store.swap_in_next_passages()
                     self.store.set_info({**encoder.describe(), "passage_tokens": encoder.window,
                                          "passage_overlap": overlap,
                                          "index_type": index_type or cfg.get("index_type", "flat")})
-                    generation = self.store.bump_generation()
+                    self._vectors = new
             except BaseException:
                 self.store.drop_next_passages()
                 raise
-            self._vectors = new
-            self._save_vectors(generation)
         self._encoder = encoder
         return RebuildResult(documents=n_docs, passages=n_passages, seconds=time.monotonic() - started)
 
@@ -629,9 +650,7 @@ class Index:
             dimension = int(self.config["dimension"])
             n_docs, n = self.store.counts()
             new = VectorIndex.build(index_type, dimension, n, lambda: self.store.iter_vectors(dimension))
-            with self.store.transaction():
+            with self._commit():
                 self.store.set_info({"index_type": index_type})
-                generation = self.store.bump_generation()
-            self._vectors = new
-            self._save_vectors(generation)
+                self._vectors = new
         return RebuildResult(documents=n_docs, passages=n, seconds=time.monotonic() - started)

@@ -263,8 +263,9 @@ def _walk_directory(top: str) -> list[tuple[str, str, str]]:
 
 
 def _read_jsonl(lines: Iterable[bytes], name: str, opts: _Options) -> Iterator[Document]:
-    """Read JSON Lines: one object per line, blank lines skipped."""
+    """Read JSON Lines: one object per line, blank lines skipped; an empty file is reported."""
     offset = 0
+    records = 0
     for lineno, raw in enumerate(lines, start=1):
         line = _decode_line(raw, name, lineno, offset, opts)
         offset += len(raw)
@@ -278,9 +279,12 @@ def _read_jsonl(lines: Iterable[bytes], name: str, opts: _Options) -> Iterator[D
             reason = (f"{exc.msg} at column {exc.colno}"
                       if isinstance(exc, json.JSONDecodeError) else str(exc))
             raise InputError(f"{name}:{lineno}: not valid JSON ({reason})") from None
+        records += 1
         doc = _record_to_document(record, f"{name}:{lineno}", opts)
         if doc is not None:
             yield doc
+    if records == 0 and opts.report is not None:
+        opts.report.warnings.append(f"{name}: empty file, no documents")
 
 
 def _record_to_document(record: Any, where: str, opts: _Options) -> Document | None:

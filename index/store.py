@@ -102,6 +102,9 @@ class MetadataStore:
         path = Path(directory) / DB_NAME
         if not create and not path.is_file():
             raise SemsearchError(f"{path}: no such index database")
+        if not create and path.stat().st_size == 0:
+            raise IndexCorruptError(f"{path}: the index database is empty (0 bytes); rebuild the index with "
+                                    "`semsearch index build --force`")
         try:
             conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
@@ -159,7 +162,8 @@ class MetadataStore:
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")
@@ -326,28 +330,10 @@ class MetadataStore:
         """
         clauses, params = [], []
         for key, value in where.items():
-            path = "$." + json.dumps(str(key), ensure_ascii=False)
-            if value is None:
-                clauses.append("json_type(d.metadata, ?) = 'null'")
-                params.append(path)
-            elif isinstance(value, bool):
-                clauses.append("json_type(d.metadata, ?) = ?")
-                params += [path, "true" if value else "false"]
-            elif isinstance(value, str):
-                clauses.append(
-                    "(json_extract(d.metadata, ?) = ? OR "
-                    "(json_type(d.metadata, ?) IN ('integer', 'real', 'true', 'false') AND "
-                    "(CAST(json_extract(d.metadata, ?) AS TEXT) = ? OR "
-                    " (json_type(d.metadata, ?) = 'true' AND ? = 'true') OR "
-                    " (json_type(d.metadata, ?) = 'false' AND ? = 'false'))))"
-                )
-                params += [path, value, path, path, value, path, value.lower(), path, value.lower()]
-            elif isinstance(value, (int, float)):
-                clauses.append("json_type(d.metadata, ?) IN ('integer', 'real') AND json_extract(d.metadata, ?) = ?")
-                params += [path, path, value]
-            else:
-                clauses.append("json_extract(d.metadata, ?) = json(?)")
-                params += [path, json.dumps(value)]
+            # json_each compares keys as plain strings: any key works, quotes included.
+            test, args = _value_test(value)
+            clauses.append(f"EXISTS (SELECT 1 FROM json_each(d.metadata) je WHERE je.key = ? AND {test})")
+            params += [str(key), *args]
         sql = "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -376,6 +362,21 @@ class MetadataStore:
     def drop_next_passages(self) -> None:
         with self.transaction():
             self.db.execute("DROP TABLE IF EXISTS passages_next")
+
+
+def _value_test(value: Any) -> tuple[str, list]:
+    """SQL over ``je.type``/``je.value`` (a json_each row) that is true when it equals ``value``."""
+    if value is None:
+        return "je.type = 'null'", []
+    if isinstance(value, bool):
+        return "je.type = ?", ["true" if value else "false"]
+    if isinstance(value, (int, float)):
+        return "je.type IN ('integer', 'real') AND je.value = ?", [value]
+    if isinstance(value, str):
+        return ("((je.type = 'text' AND je.value = ?) OR "
+                "(je.type IN ('integer', 'real') AND CAST(je.value AS TEXT) = ?) OR "
+                "(je.type IN ('true', 'false') AND je.type = lower(?)))"), [value, value, value]
+    return "je.type IN ('array', 'object') AND je.value = json(?)", [json.dumps(value, ensure_ascii=False)]
 
 
 def _chunked(items: list, size: int) -> Iterator[list]:
