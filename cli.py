@@ -100,9 +100,9 @@ def wait_option(f):
 def model_options(default_layer: int | None = -2):
     """--model/--layer/--pooling/--max-length/--precision (None defaults mean: keep what is recorded)."""
     def decorate(f):
-        f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-                         default=None if default_layer is None else "fp32",
-                         help="Arithmetic precision for encoding (auto: bf16 where the CPU supports it).")(f)
+        f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+                         help="Arithmetic for encoding (default auto: bf16 on CPUs with bf16 instructions, fp16 on "
+                              "CUDA, when a probe shows vectors within cosine 0.999 of fp32; else fp32).")(f)
         f = click.option("--max-length", type=int, default=None,
                          help="Tokens per model input, special tokens included (default: the model's, 256 for the embedded one).")(f)
         f = click.option("--pooling", type=click.Choice(["mean", "max", "cls"]),

@@ -29,6 +29,17 @@ from .errors import ModelLoadError, SemsearchError
 EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"
 POOLINGS = ("mean", "max", "cls")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "auto"  # bf16/fp16 where the hardware has it and the accuracy probe passes
+MIN_PROBE_COSINE = 0.999
+# Varied texts (short, long, Korean, numbers) for the reduced-precision accuracy probe.
+PROBE_TEXTS = [
+    "How do I reset my password?",
+    "The bank raised its interest rates again this quarter.",
+    "We sat on the river bank and watched the boats go by.",
+    "배를 타고 바다로 갔다.",
+    "Mitochondrial dysfunction in 12 of 40 patients (30%) was associated with p < 0.01.",
+    " ".join(["A long paragraph about gardening, soil, compost and tomatoes."] * 20),
+]
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_BATCH_SIZE = 16
 
@@ -119,7 +130,7 @@ class Encoder:
         pooling: str = "mean",
         max_length: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        precision: str = "fp32",
+        precision: str | None = None,
         device: str | None = None,
     ):
         if pooling not in POOLINGS:
@@ -156,9 +167,16 @@ class Encoder:
         self.max_length = self._max_length(max_length, model_path)
         self.fingerprint = model_fingerprint(model, tokenizer)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.precision = choose_precision(precision, self.device)
+        requested = precision or DEFAULT_PRECISION
+        self.precision = choose_precision(requested, self.device)
         self._hangul_warned = False
+        self.probe_cosine: float | None = None
+        reduced = self.precision
+        if requested == "auto" and reduced != "fp32":
+            self.precision = "fp32"
         self.model, self._truncated = self._prepare(model)
+        if requested == "auto" and reduced != "fp32":
+            self._try_reduced_precision(reduced)
 
     # --- construction helpers -------------------------------------------------
     _cache: dict[tuple, "Encoder"] = {}
@@ -172,11 +190,12 @@ class Encoder:
         pooling: str = "mean",
         max_length: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        precision: str = "fp32",
+        precision: str | None = None,
         device: str | None = None,
     ) -> "Encoder":
         """Load (once per process and configuration) an encoder for ``model`` (None: embedded)."""
         name, path = resolve_model(model)
+        precision = precision or DEFAULT_PRECISION
         key = (path, layer, pooling, max_length, batch_size, precision, device)
         if key not in cls._cache:
             cls._cache[key] = cls(
@@ -225,6 +244,21 @@ class Encoder:
         model.to(device=self.device, dtype=_DTYPES[self.precision])
         return model, truncated
 
+    def _try_reduced_precision(self, precision: str) -> None:
+        """Switch to ``precision`` only if it reproduces fp32 vectors of the probe texts.
+
+        Keeps fp32 when the lowest cosine to fp32 is below ``MIN_PROBE_COSINE``.
+        """
+        reference = self.encode(PROBE_TEXTS, warn=False)
+        self.model.to(dtype=_DTYPES[precision])
+        self.precision = precision
+        reduced = self.encode(PROBE_TEXTS, warn=False)
+        self.probe_cosine = float((reference * reduced).sum(axis=1).min())
+        if self.probe_cosine < MIN_PROBE_COSINE:
+            log.info("keeping fp32: %s vectors reached cosine %.5f only", precision, self.probe_cosine)
+            self.model.to(dtype=torch.float32)
+            self.precision = "fp32"
+
     # --- tokenisation -----------------------------------------------------------
     @property
     def window(self) -> int:
@@ -267,6 +301,7 @@ class Encoder:
         self,
         texts: Sequence[str],
         progress: Callable[[int], None] | None = None,
+        warn: bool = True,
     ) -> np.ndarray:
         """Vectors for whole texts (queries, short documents), truncated to ``max_length``.
 
@@ -274,12 +309,13 @@ class Encoder:
         the index (which splits documents into passages) to keep every word.
         """
         texts = [normalize_text(t) for t in texts]
-        self._check_hangul(texts)
+        if warn:
+            self._check_hangul(texts)
         enc = self.tokenizer(
             list(texts), add_special_tokens=False, truncation=False, verbose=False,
         )["input_ids"]
         long = [i for i, ids in enumerate(enc) if len(ids) > self.window]
-        if long:
+        if long and warn:
             warnings.warn(
                 f"{len(long)} text(s) longer than {self.window} tokens were truncated to the "
                 f"model window (first: text {long[0]}, {len(enc[long[0]])} tokens)",

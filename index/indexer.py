@@ -15,6 +15,7 @@ rebuilt from the stored vectors.
 from __future__ import annotations
 
 import hashlib
+from glob import escape as glob_escape
 import json
 import os
 import shutil
@@ -102,12 +103,76 @@ class RebuildResult:
     seconds: float
 
 
+def encoder_key(cfg: Mapping[str, Any]) -> tuple:
+    """What decides the vectors: a change means the encoder must be reloaded."""
+    return tuple(cfg.get(k) for k in ("model", "model_fingerprint", "layer", "pooling", "max_length", "precision"))
+
+
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def is_index(path: Path) -> bool:
     return (Path(path) / DB_NAME).is_file()
+
+
+def _replace_index(new: Path, path: Path) -> None:
+    """Put the index folder ``new`` at ``path`` in place of the index there, then delete the old one.
+
+    Linux swaps the two folders in one step (renameat2 RENAME_EXCHANGE), so
+    ``path`` always holds a whole index. Elsewhere two renames are used, and
+    :func:`_recover` puts the old index back if a crash falls between them.
+    """
+    old = path.parent / f".{path.name}.old-{os.getpid()}"
+    if _exchange(new, path):
+        os.rename(new, old)
+    else:
+        os.rename(path, old)
+        os.rename(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _recover(path: Path) -> None:
+    """After a crash between the two renames of :func:`_replace_index`, put the old index back;
+    remove leftovers of interrupted creates and replacements."""
+    parent = path.parent
+    if not parent.is_dir():
+        return
+    leftovers = sorted(parent.glob(f".{glob_escape(path.name)}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not is_index(path) and leftovers and is_index(leftovers[-1]):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if not path.exists():
+            os.rename(leftovers.pop(), path)
+    for kind in ("old", "creating", "building"):
+        for leftover in parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+            pid = leftover.name.rsplit("-", 1)[-1]
+            if leftover.exists() and not (pid.isdigit() and _alive(int(pid))):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _as_document(doc: Any) -> tuple[str, str, dict]:
@@ -136,6 +201,7 @@ class Index:
         self.device = device
         self.wait = wait
         self._encoder: Encoder | None = None
+        self._encoder_key: tuple | None = None
         self._vectors: VectorIndex | None = None
         self._vectors_generation = -1
 
@@ -150,23 +216,26 @@ class Index:
         *,
         max_length: int | None = None,
         passage_overlap: int | None = None,
-        precision: str = "fp32",
+        precision: str | None = None,
         index_type: str = "flat",
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str | None = None,
         force: bool = False,
+        complete: bool = True,
     ) -> "Index":
         """A new, empty index at ``path`` (``model=None``: the embedded all-MiniLM-L6-v2).
 
-        With ``force=True`` an existing index there is deleted first; the CLI's
-        ``index build --force`` instead builds aside and swaps (see :meth:`build`).
+        With ``force=True`` an existing index there is replaced by the new,
+        empty one; ``build(force=True)`` instead fills the new index aside and
+        swaps it in when complete. ``complete=False`` marks an index whose
+        build is still going on (``build`` resumes such an index).
         """
         path = Path(path)
+        _recover(path)
         if path.exists():
             if is_index(path):
                 if not force:
                     raise IndexExistsError(f"an index already exists at {path}; pass --force to replace it")
-                shutil.rmtree(path)
             elif path.is_dir() and any(path.iterdir()):
                 raise IndexExistsError(f"{path} exists and is not an empty folder or a semsearch index")
             elif not path.is_dir():
@@ -180,26 +249,38 @@ class Index:
             raise SemsearchError(
                 f"passage overlap must be between 0 and {encoder.window // 2} tokens (got {passage_overlap})"
             )
-        path.mkdir(parents=True, exist_ok=True)
-        store = MetadataStore.connect(path, create=True)
-        now = _now()
-        with store.transaction():
-            store.set_info({
-                **encoder.describe(),
-                "passage_tokens": encoder.window,
-                "passage_overlap": passage_overlap,
-                "index_type": index_type,
-                "generation": 0,
-                "next_passage_id": 1,
-                "complete": True,
-                "created_at": now,
-                "updated_at": now,
-            })
-        index = cls(path, store, batch_size=batch_size, device=device)
-        index._encoder = encoder
-        index._vectors = VectorIndex.empty(encoder.dimension)
-        index._vectors.save(path, 0)
-        index._vectors_generation = 0
+        # Made aside and renamed into place, so a crash never leaves a half-made index at `path`.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.parent / f".{path.name}.creating-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            store = MetadataStore.connect(staging, create=True)
+            now = _now()
+            with store.transaction():
+                store.set_info({
+                    **encoder.describe(),
+                    "passage_tokens": encoder.window,
+                    "passage_overlap": passage_overlap,
+                    "index_type": index_type,
+                    "generation": 0,
+                    "next_passage_id": 1,
+                    "complete": complete,
+                    "created_at": now,
+                    "updated_at": now,
+                })
+            store.close()
+            VectorIndex.empty(encoder.dimension).save(staging, 0)
+            if is_index(path):  # force=True: atomically exchange the old index for the new one
+                _replace_index(staging, path)
+            else:
+                if path.is_dir():
+                    path.rmdir()
+                os.rename(staging, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        index = cls.open(path, batch_size=batch_size, device=device)
+        index._encoder, index._encoder_key = encoder, encoder_key(index.config)
         return index
 
     @classmethod
@@ -214,6 +295,7 @@ class Index:
     ) -> "Index":
         """Open an existing index. ``model``, when given, must be the one the index records."""
         path = Path(path)
+        _recover(path)
         if not is_index(path):
             hint = " (set --index or $SEMSEARCH_INDEX)" if not path.exists() else ""
             raise IndexNotFoundError(f"no semsearch index at {path}{hint}; create one with `semsearch index build`")
@@ -252,7 +334,8 @@ class Index:
                 raise IndexExistsError(f"an index already exists at {path}; pass --force to replace it")
             with existing._writing():
                 result = existing._add(documents, progress, on_commit)
-                existing.store.set_info({"complete": True})
+                with existing.store.transaction():
+                    existing.store.set_info({"complete": True})
             return existing, result
         if is_index(path):
             staging = path.parent / f".{path.name}.building-{os.getpid()}"
@@ -262,18 +345,12 @@ class Index:
                 with new._writing():
                     result = new._add(documents, progress, on_commit)
                 new.store.close()
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-                os.replace(staging, path)
-                shutil.rmtree(old, ignore_errors=True)
-            except BaseException:
+                _replace_index(staging, path)
+            finally:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise
             return cls.open(path, batch_size=config.get("batch_size", DEFAULT_BATCH_SIZE)), result
-        new = cls.create(path, **config)
+        new = cls.create(path, complete=False, **config)
         with new._writing():
-            with new.store.transaction():
-                new.store.set_info({"complete": False})
             result = new._add(documents, progress, on_commit)
             with new.store.transaction():
                 new.store.set_info({"complete": True})
@@ -295,16 +372,30 @@ class Index:
 
     @property
     def encoder(self) -> Encoder:
-        """The recorded model, loaded once; refuses a model whose weights no longer match."""
-        if self._encoder is None:
-            cfg = self.config
+        """The recorded model, loaded once per configuration; refuses a model whose weights
+        no longer match. Follows a rebuild committed by another process."""
+        cfg = self.config
+        if self._encoder is None or self._encoder_key != encoder_key(cfg):
             encoder = Encoder.load(
                 cfg["model"], layer=cfg["layer"], pooling=cfg["pooling"], max_length=cfg["max_length"],
                 batch_size=self.batch_size, precision=cfg["precision"], device=self.device,
             )
             self._check_encoder(encoder, cfg)
-            self._encoder = encoder
+            self._encoder, self._encoder_key = encoder, encoder_key(cfg)
         return self._encoder
+
+    @contextmanager
+    def snapshot(self):
+        """One read snapshot of the store, with ``vectors`` matching its committed generation.
+
+        Searches run inside one, so a writer committing meanwhile (a rebuild
+        replaces every passage id) can never pair FAISS ids of one state with
+        rows of another.
+        """
+        with self.store.transaction(immediate=False):
+            if self._vectors is None or self.store.generation() != self._vectors_generation:
+                self._load_vectors()
+            yield self
 
     def _check_encoder(self, encoder: Encoder, cfg: dict) -> None:
         if encoder.dimension != cfg["dimension"]:
@@ -444,6 +535,8 @@ class Index:
     def _writing(self):
         """Hold the write lock; make sure the FAISS file matches the store before writing."""
         with WriteLock(self.path, self.wait):
+            for leftover in self.path.glob(".vectors-*.tmp-*"):  # a killed writer's; we hold the lock
+                leftover.unlink(missing_ok=True)
             from_file = self._load_vectors(rebuild_kind=self.config.get("index_type", "flat"))
             if not from_file or len(vector_files(self.path)) > 1:
                 self._save_vectors(self._vectors_generation)
@@ -641,7 +734,7 @@ class Index:
             except BaseException:
                 self.store.drop_next_passages()
                 raise
-        self._encoder = encoder
+        self._encoder, self._encoder_key = encoder, encoder_key(self.config)
         return RebuildResult(documents=n_docs, passages=n_passages, seconds=time.monotonic() - started)
 
     def _reindex(self, index_type: str, started: float) -> RebuildResult:

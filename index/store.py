@@ -157,7 +157,13 @@ class MetadataStore:
 
     @contextmanager
     def transaction(self, immediate: bool = True):
-        """One SQLite transaction (BEGIN IMMEDIATE for writes); rolled back on any error."""
+        """One SQLite transaction (BEGIN IMMEDIATE for writes); rolled back on any error.
+
+        Nested use joins the outer transaction (a read inside a read snapshot).
+        """
+        if self.conn.in_transaction:
+            yield
+            return
         self.conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
             yield

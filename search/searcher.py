@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from index.errors import SemsearchError
-from index.indexer import Index
+from index.indexer import Index, encoder_key
 from index.vectors import SearchSettings
 
 
@@ -71,15 +71,28 @@ class Searcher:
         for q in queries:
             if not isinstance(q, str) or not q.strip():
                 raise SemsearchError("a query is empty; give some text to search for")
-        vectors = self.encoder.encode(list(queries))
-        return self.search_vectors(vectors, k=k, where=where)
+        if not queries:
+            return []
+        for _ in range(3):
+            encoder = self.encoder  # follows the recorded configuration
+            key = self.index._encoder_key
+            vectors = encoder.encode(list(queries))
+            with self.index.snapshot():
+                if encoder_key(self.index.config) == key:  # no rebuild committed meanwhile
+                    return self._search(vectors, k, where)
+        raise SemsearchError("the index configuration kept changing during the search; try again")
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10,
                        where: Mapping[str, Any] | None = None) -> list[list[Hit]]:
         """Search with already-computed query vectors (rows L2-normalised)."""
         _check_k(k)
+        with self.index.snapshot():
+            return self._search(vectors, k, where)
+
+    def _search(self, vectors: np.ndarray, k: int, where) -> list[list[Hit]]:
+        """Inside one snapshot: vector search, passage rows and documents all of one state."""
         index = self.index
-        faiss_index = index.vectors  # reloads first if a writer committed a newer state
+        faiss_index = index._vectors
         allowed = index.store.filtered_passage_ids(dict(where)) if where else None
         pool = faiss_index.ntotal if allowed is None else len(allowed)
         results: list[list[Hit]] = []

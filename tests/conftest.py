@@ -59,6 +59,16 @@ def make_tiny_bert(folder: Path, seed: int = 0, strip_accents: bool | None = Fal
     return folder
 
 
+@pytest.fixture(autouse=True)
+def exact_arithmetic_for_unit_tests(request, monkeypatch):
+    """Unit tests compare vectors to 1e-5, so they use fp32; integration tests keep the
+    product default (auto: bf16 where the CPU has it)."""
+    if request.node.get_closest_marker("integration") is None:
+        import index.encoder
+
+        monkeypatch.setattr(index.encoder, "DEFAULT_PRECISION", "fp32")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 3-layer, 32-d random BERT whose tokenizer keeps Hangul syllables whole."""

@@ -154,3 +154,35 @@ def test_bf16_stays_close_to_fp32(tiny_model):
 def test_fp16_on_cpu_is_refused(tiny_model):
     with pytest.raises(SemsearchError, match="fp16"):
         Encoder.load(tiny_model, precision="fp16", device="cpu")
+
+
+def test_auto_precision_selection(tiny_model, monkeypatch):
+    import index.encoder as enc_module
+    from index.encoder import choose_precision
+
+    Encoder._cache.clear()
+    monkeypatch.setattr(enc_module, "cpu_supports_bf16", lambda: False)
+    assert Encoder.load(tiny_model, precision="auto").precision == "fp32"
+    Encoder._cache.clear()
+    monkeypatch.setattr(enc_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(enc_module, "MIN_PROBE_COSINE", 0.0)
+    chosen = Encoder.load(tiny_model, precision="auto")
+    assert chosen.precision == "bf16" and chosen.probe_cosine is not None
+    assert next(chosen.model.parameters()).dtype == torch.bfloat16
+    Encoder._cache.clear()
+    monkeypatch.setattr(enc_module, "MIN_PROBE_COSINE", 1.5)  # a probe that cannot pass keeps fp32
+    kept = Encoder.load(tiny_model, precision="auto")
+    assert kept.precision == "fp32" and next(kept.model.parameters()).dtype == torch.float32
+    Encoder._cache.clear()
+    assert choose_precision("auto", "cuda") == "fp16"
+    assert choose_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(SemsearchError, match="unknown precision"):
+        choose_precision("int4", "cpu")
+
+
+def test_index_records_the_chosen_precision(tiny_model, tmp_path):
+    from index import Index
+
+    index = Index.create(tmp_path / "p", model=tiny_model, precision="bf16")
+    assert Index.open(tmp_path / "p").config["precision"] == "bf16"
+    assert index.encoder.precision == "bf16"

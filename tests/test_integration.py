@@ -78,9 +78,19 @@ def test_layer_skipping_equals_output_hidden_states_on_the_real_model():
     texts = ["How do I reset my password?", "The bank raised its interest rates.",
              "We sat on the river bank and watched the boats. " * 6]
     for layer in (-2, -1, 3):
-        enc = Encoder.load(None, layer=layer)
+        enc = Encoder.load(None, layer=layer, precision="fp32")
         assert len(enc.model.encoder.layer) == layer % 7
         np.testing.assert_allclose(enc.encode(texts), enc.hidden_states_reference(texts), atol=1e-5)
+
+
+def test_auto_precision_is_recorded_and_close_to_fp32():
+    auto = Encoder.load(None)
+    assert auto.precision in ("bf16", "fp32")
+    if auto.precision == "bf16":
+        assert auto.probe_cosine >= 0.999
+    texts = [q for q, _ in REWORDINGS]
+    cos = (auto.encode(texts) * Encoder.load(None, precision="fp32").encode(texts)).sum(axis=1)
+    assert cos.min() >= 0.999
 
 
 def test_build_reopen_add_delete_rebuild(tmp_path):
