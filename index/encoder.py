@@ -41,7 +41,8 @@ PROBE_TEXTS = [
     " ".join(["A long paragraph about gardening, soil, compost and tomatoes."] * 20),
 ]
 DEFAULT_MAX_LENGTH = 256
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = 16  # long texts per model call; shorter texts fill the same token budget
+MAX_BATCH_TEXTS = 128
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +341,7 @@ class Encoder:
         order = sorted(range(n), key=lambda i: -len(token_ids[i]))
         pad_id = self.tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for b in range(0, n, self.batch_size):
-                batch = order[b : b + self.batch_size]
+            for batch in self._batches(order, token_ids):
                 seqs = [self._prefix + list(token_ids[i]) + self._suffix for i in batch]
                 width = max(len(s) for s in seqs)
                 if width > self.max_length:
@@ -356,6 +356,18 @@ class Encoder:
                 if progress is not None:
                     progress(len(batch))
         return out
+
+    def _batches(self, order: list[int], token_ids: Sequence[Sequence[int]]):
+        """Consecutive slices of ``order`` (longest first) holding at most
+        ``batch_size * max_length`` padded tokens: ``batch_size`` long texts, or
+        many more short ones, so that short texts do not pay the per-call cost."""
+        budget = self.batch_size * self.max_length
+        i = 0
+        while i < len(order):
+            width = len(token_ids[order[i]]) + self.n_special  # the longest of this batch
+            count = max(1, min(budget // width, MAX_BATCH_TEXTS))
+            yield order[i : i + count]
+            i += count
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": mask}

@@ -1,0 +1,176 @@
+"""Query benchmark: end-to-end latency of one query (embed + vector search + metadata fetch).
+
+For each index size (default 10k, 100k and 1M passages) and each index type,
+an index is filled with the real StackFAQ documents (encoded by semsearch)
+plus synthetic 384-d unit vectors, and the real StackFAQ questions are run one
+at a time through ``Searcher.search(q, k=10)``. Reports p50/p99 latency, the
+embed and search parts, and recall@10 of the documents returned against exact
+search over the same vectors. Prints a table and one JSON line.
+
+    python bench/query.py --quick          # 10k and 100k, fewer queries
+    python bench/query.py                  # 10k, 100k, 1M (1M takes a while: SQLite holds 1.5 GB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from index import Index  # noqa: E402
+from index.sources import read_documents  # noqa: E402
+from search import Searcher  # noqa: E402
+from search.evaluation import load_queries  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "stackfaq"
+
+
+def fill_synthetic(index: Index, total: int, seed: int = 0) -> None:
+    """Add synthetic unit-vector passages (one per document) until ``total`` passages are stored."""
+    store = index.store
+    dim = int(index.config["dimension"])
+    have = store.counts()[1]
+    rng = np.random.default_rng(seed)
+    next_id = int(store.get_info()["next_passage_id"])
+    batch = 20_000
+    while have < total:
+        n = min(batch, total - have)
+        vecs = rng.standard_normal((n, dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        ids = range(next_id, next_id + n)
+        with store.transaction():
+            store.conn.executemany(
+                "INSERT INTO documents (id, text, metadata, content_hash, created_at, updated_at) "
+                "VALUES (?, ?, '{}', '', '', '')",
+                [(f"syn{i}", f"synthetic document {i}") for i in ids])
+            store.conn.executemany(
+                "INSERT INTO passages (id, document_id, ord, char_start, char_end, text, vector) "
+                "VALUES (?, ?, 0, 0, 0, '', ?)",
+                [(i, f"syn{i}", v.tobytes()) for i, v in zip(ids, vecs)])
+            store.set_info({"next_passage_id": next_id + n})
+            store.bump_generation()
+        next_id += n
+        have += n
+
+
+def exact_top_docs(index: Index, qvecs: np.ndarray, k: int = 10) -> list[list[str]]:
+    """Exact top-k documents by best passage, by brute force over the stored vectors."""
+    dim = int(index.config["dimension"])
+    scores_parts, id_parts = [], []
+    for ids, vecs in index.store.iter_vectors(dim, batch=100_000):
+        scores_parts.append(qvecs @ vecs.T)
+        id_parts.append(ids)
+    scores, ids = np.concatenate(scores_parts, axis=1), np.concatenate(id_parts)
+    out = []
+    for row in scores:
+        top = ids[np.argsort(-row)[: 5 * k]]
+        rows = index.store.passages(top.tolist())
+        docs: list[str] = []
+        for pid in top:
+            d = rows[int(pid)].document_id
+            if d not in docs:
+                docs.append(d)
+        out.append(docs[:k])
+    return out
+
+
+def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]]) -> dict:
+    started = time.perf_counter()
+    Index.open(path).rebuild(index_type=kind)  # re-indexes the stored vectors, no encoding
+    build_s = time.perf_counter() - started
+    searcher = Searcher(path)
+    searcher.search(queries[0], k=10)  # loads the model and the FAISS file
+    encoder = searcher.encoder
+    total, embed, found = [], [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        hits = searcher.search(q, k=10)
+        total.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        encoder.encode([q])
+        embed.append(time.perf_counter() - t1)
+        found.append([h.id for h in hits])
+    recall = statistics.mean(len(set(f) & set(e)) / max(1, len(e)) for f, e in zip(found, exact))
+    ms = lambda xs, p: 1000 * float(np.percentile(xs, p))  # noqa: E731
+    return {"type": kind, "vector_index": searcher.index.info().vector_index, "build_s": round(build_s, 1),
+            "p50_ms": round(ms(total, 50), 2), "p99_ms": round(ms(total, 99), 2),
+            "embed_p50_ms": round(ms(embed, 50), 2),
+            "search_fetch_p50_ms": round(ms(total, 50) - ms(embed, 50), 2),
+            "recall_at_10": round(recall, 4), "queries": len(queries)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--types", nargs="+", default=["flat", "hnsw", "ivf", "ivfpq"])
+    parser.add_argument("--queries", type=int, default=300, help="queries per measurement")
+    parser.add_argument("--skip-hnsw-above", type=int, default=200_000,
+                        help="HNSW takes long to build on 2 cores; skip it above this size")
+    parser.add_argument("--quick", action="store_true", help="10k and 100k passages, 100 queries")
+    parser.add_argument("--workdir", default=None, help="where to build the indexes (default: a temp folder)")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: StackFAQ data not found at {DATA}", file=sys.stderr)
+        return 0
+    sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    n_queries = 100 if args.quick else args.queries
+    warnings.simplefilter("ignore")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="semsearch-bench-"))
+    path = work / "index"
+    shutil.rmtree(path, ignore_errors=True)
+    index, _ = Index.build(path, read_documents([DATA / "corpus.jsonl"]))
+    queries = [q.text for q in load_queries(DATA / "queries.jsonl") if q.text.strip()][:n_queries]
+    qvecs = index.encoder.encode(queries)
+    rows = []
+    for size in sorted(sizes):
+        fill_synthetic(index, size)
+        exact = exact_top_docs(index, qvecs)
+        for kind in args.types:
+            if kind == "hnsw" and size > args.skip_hnsw_above:
+                rows.append({"size": size, "type": kind, "skipped": f"build time above {args.skip_hnsw_above:,}"})
+                continue
+            if kind == "flat" and size >= 1_000_000:
+                use = queries[: max(20, n_queries // 10)]
+                rows.append({"size": size, **measure(path, kind, use, exact[: len(use)])})
+            else:
+                rows.append({"size": size, **measure(path, kind, queries, exact)})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    info = {"cpu": _cpu(), "python": platform.python_version(), "precision": index.config["precision"]}
+    print(f"\nmachine: {info['cpu']}, precision {info['precision']}")
+    print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} {'build s':>8}")
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['size']:>9} {r['type']:>6}   skipped ({r['skipped']})")
+            continue
+        print(f"{r['size']:>9} {r['type']:>6} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['embed_p50_ms']:>6.2f} "
+              f"{r['search_fetch_p50_ms']:>7.2f} {r['recall_at_10']:>9.4f} {r['build_s']:>8.1f}")
+    print(json.dumps({"benchmark": "query", **info, "results": rows}))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
