@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="model id or folder (default: embedded all-MiniLM-L6-v2)")
     parser.add_argument("--layers", type=int, nargs="+", default=[-2, -1])
     parser.add_argument("--poolings", nargs="+", default=["mean"])
+    parser.add_argument("--precision", default=None, help="fp32, bf16 or auto (default: auto)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--quick", action="store_true", help="first 200 pairs only")
     args = parser.parse_args()
@@ -50,9 +51,9 @@ def main() -> int:
     rows = []
     for layer in args.layers:
         for pooling in args.poolings:
-            enc = Encoder.load(args.model, layer=layer, pooling=pooling)
+            enc = Encoder.load(args.model, layer=layer, pooling=pooling, precision=args.precision)
             va, vb = enc.encode(a), enc.encode(b)
-            rows.append({"layer": layer, "pooling": pooling, "pairs": len(gold),
+            rows.append({"layer": layer, "pooling": pooling, "precision": enc.precision, "pairs": len(gold),
                          "spearman": round(spearman((va * vb).sum(axis=1), gold), 4)})
     print(f"{'layer':>6} {'pooling':>8} {'pairs':>6} {'Spearman':>9}")
     for r in rows:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class PassageSpan:
     order: int
     start: int  # character offsets into the document text
     end: int
-    token_ids: list[int]
+    token_ids: "list[int] | np.ndarray"
 
 
 def split_passages(
-    ids: list[int],
-    offsets: list[tuple[int, int]],
+    ids,
+    offsets,
     text_length: int,
     window: int,
     overlap: int,
@@ -36,7 +38,7 @@ def split_passages(
         raise ValueError("window must be at least 1 token")
     if not 0 <= overlap < window:
         raise ValueError(f"passage overlap must be between 0 and {window - 1} tokens")
-    if not ids:
+    if len(ids) == 0:
         return []
     step = window - overlap
     starts = [0]
@@ -48,8 +50,8 @@ def split_passages(
     spans = []
     for order, first in enumerate(starts):
         last = min(first + window, len(ids)) - 1
-        start = 0 if order == 0 else offsets[first][0]
-        end = text_length if order == len(starts) - 1 else offsets[last][1]
+        start = 0 if order == 0 else int(offsets[first][0])
+        end = text_length if order == len(starts) - 1 else int(offsets[last][1])
         spans.append(PassageSpan(order, start, end, ids[first : last + 1]))
     # Without overlap, close any gap (whitespace or dropped characters) between neighbours.
     for i in range(len(spans) - 1):

@@ -106,8 +106,11 @@ class MetadataStore:
             raise IndexCorruptError(f"{path}: the index database is empty (0 bytes); rebuild the index with "
                                     "`semsearch index build --force`")
         try:
+            new = create and (not path.exists() or path.stat().st_size == 0)
             conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
+            if new:  # a passage row (1.5 KB vector + text) fits 4 KiB pages badly: a third was slack
+                conn.execute("PRAGMA page_size = 16384")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
             store = cls(path, conn)

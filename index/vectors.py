@@ -130,6 +130,8 @@ class VectorIndex:
             nlist = n_lists(n)
             spec = f"IVF{nlist},Flat" if concrete == "ivf" else f"IVF{nlist},PQ{pq_subquantizers(dimension)}x8"
             inner = faiss.index_factory(dimension, spec, faiss.METRIC_INNER_PRODUCT)
+            if concrete == "ivfpq":  # polysemous codes are for Hamming filtering, which we do not use
+                faiss.downcast_index(inner).do_polysemous_training = False
             inner.train(_training_sample(batches, n, max(64 * nlist, 256 * 64), seed))
             faiss.downcast_index(inner).nprobe = default_nprobe(nlist)
         vi = cls(inner if concrete in ("ivf", "ivfpq") else faiss.IndexIDMap2(inner), concrete)

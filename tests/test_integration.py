@@ -145,3 +145,20 @@ def test_stackfaq_quality_matches_the_method(shared_data, tmp_path):
     # Properties of the method (shared/docs/NOTES.md), not tuned targets.
     assert stackfaq_ndcg(shared_data, tmp_path, -2) == pytest.approx(0.830, abs=0.01)
     assert stackfaq_ndcg(shared_data, tmp_path, -1) == pytest.approx(0.976, abs=0.01)
+
+
+def test_example_faq_bot_answers_from_standard_input(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "examples" / "faq_bot.py"), "--index", str(tmp_path / "bot-index")],
+        input="I forgot my login secret\nWhat is the capital of Peru?\n", capture_output=True, text=True,
+        timeout=300, cwd=root,
+    )
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.strip().splitlines()
+    assert "Forgot password" in first and "How do I reset my password?" in first
+    assert second.startswith("bot> Sorry, I am not sure")
