@@ -180,8 +180,10 @@ class Encoder:
         if requested == "auto" and reduced != "fp32":
             self.precision = "fp32"
         self.model, self._truncated = self._prepare(model)
+        self._lean = False
         if requested == "auto" and reduced != "fp32":
             self._try_reduced_precision(reduced)
+        self._enable_lean()
 
     # --- construction helpers -------------------------------------------------
     _cache: dict[tuple, "Encoder"] = {}
@@ -374,6 +376,8 @@ class Encoder:
             i += count
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self._lean:
+            return pool(self._lean_hidden(input_ids, mask).float(), mask, self.pooling)
         kwargs = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.tokenizer.model_input_names:
             kwargs["token_type_ids"] = torch.zeros_like(input_ids)
@@ -382,6 +386,58 @@ class Encoder:
         else:
             hidden = self.model(**kwargs, output_hidden_states=True).hidden_states[self.layer]
         return pool(hidden.float(), mask, self.pooling)
+
+    # --- the lean forward pass ------------------------------------------------------
+    def _lean_hidden(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """BERT's encoder written out with the model's own weights and SDPA.
+
+        The same arithmetic as transformers' BertModel in eval mode, without
+        its per-call machinery (kwargs validation, output capture, mask
+        builders), which costs more than the arithmetic for a short query.
+        Used only where :meth:`_enable_lean` showed identical vectors.
+        """
+        model = self.model
+        token_types = torch.zeros_like(input_ids)
+        hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_types)
+        attend = mask.bool()[:, None, None, :]
+        for layer in model.encoder.layer:
+            att = layer.attention.self
+            b, t, _ = hidden.shape
+            shape = (b, t, -1, att.attention_head_size)
+            q = att.query(hidden).view(shape).transpose(1, 2)
+            k = att.key(hidden).view(shape).transpose(1, 2)
+            v = att.value(hidden).view(shape).transpose(1, 2)
+            ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+            ctx = ctx.transpose(1, 2).reshape(b, t, -1)
+            out = layer.attention.output
+            hidden = out.LayerNorm(out.dense(ctx) + hidden)
+            inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+            hidden = layer.output.LayerNorm(layer.output.dense(inner) + hidden)
+        return hidden
+
+    def _enable_lean(self) -> None:
+        """Use the lean pass only for plain BERT encoders, and only if it reproduces the
+        library's vectors on the probe texts (else keep transformers' forward)."""
+        cfg = self.config
+        eligible = (
+            self._truncated and getattr(cfg, "model_type", "") == "bert"
+            and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
+            and not getattr(cfg, "is_decoder", False)
+        )
+        self._lean = False
+        if not eligible:
+            return
+        try:
+            library = self.encode(PROBE_TEXTS, warn=False)
+            self._lean = True
+            lean = self.encode(PROBE_TEXTS, warn=False)
+        except Exception as exc:  # an unexpected module layout: keep the library's forward
+            log.info("lean forward unavailable: %s", exc)
+            self._lean = False
+            return
+        if float(np.abs(library - lean).max()) > 1e-5:
+            log.info("lean forward disagrees with transformers; not used")
+            self._lean = False
 
     def hidden_states_reference(self, texts: Sequence[str]) -> np.ndarray:
         """Slow reference: full fp32 model with ``output_hidden_states=True``, one text at a time.

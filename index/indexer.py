@@ -592,6 +592,13 @@ class Index:
                     progress(1)
                 continue
             to_encode[doc_id] = (text, meta_json, digest)
+        if not to_encode:  # nothing to encode: no new generation, no FAISS rewrite
+            if meta_only:
+                with self.store.transaction():
+                    self.store.update_metadata(meta_only)
+            if on_commit:
+                on_commit(list(chunk))
+            return
         encoded = self._encode_documents({d: v[0] for d, v in to_encode.items()}, progress)
         removed: list[int] = []
         new_ids: list[int] = []

@@ -53,11 +53,6 @@ class Searcher:
         self.index = index if isinstance(index, Index) else Index.open(Path(index), model=model,
                                                                        batch_size=batch_size)
         self.settings = SearchSettings(ef_search=ef_search, nprobe=nprobe)
-        # Queries are searched one at a time; FAISS's OpenMP threads would only spin
-        # against torch's on the same cores (measured: ~100 ms instead of ~1 ms a search).
-        import faiss
-
-        faiss.omp_set_num_threads(1)
 
     @property
     def encoder(self):

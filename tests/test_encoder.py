@@ -186,3 +186,17 @@ def test_index_records_the_chosen_precision(tiny_model, tmp_path):
     index = Index.create(tmp_path / "p", model=tiny_model, precision="bf16")
     assert Index.open(tmp_path / "p").config["precision"] == "bf16"
     assert index.encoder.precision == "bf16"
+
+
+def test_lean_forward_is_used_only_when_it_reproduces_the_library(tiny_model, monkeypatch):
+    Encoder._cache.clear()
+    enc = Encoder.load(tiny_model)
+    assert enc._lean is True  # a plain BERT: the lean pass agreed with transformers on the probe
+    expected = reference(tiny_model, TEXTS, -2)
+    np.testing.assert_allclose(enc.encode(TEXTS), expected, atol=1e-5)
+    Encoder._cache.clear()
+    monkeypatch.setattr(Encoder, "_lean_hidden", lambda self, ids, mask: torch.zeros(*ids.shape, 32) + 1.0)
+    fallback = Encoder.load(tiny_model)
+    assert fallback._lean is False  # a disagreeing lean pass is never used
+    np.testing.assert_allclose(fallback.encode(TEXTS), expected, atol=1e-5)
+    Encoder._cache.clear()
