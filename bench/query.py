@@ -111,6 +111,23 @@ def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]]) -
             "recall_at_10": round(recall, 4), "queries": len(queries)}
 
 
+def startup_seconds(path: Path, runs: int = 3) -> dict:
+    """Wall time of a whole `semsearch query` process (imports, model load, one search), median of runs,
+    and of `semsearch --help` (imports only)."""
+    import subprocess
+
+    def timed(args: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "from cli import main; main()", *args], cwd=ROOT,
+                       check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+    query = statistics.median(timed(["query", "reset my password", "--index", str(path), "-k", "3"])
+                              for _ in range(runs))
+    bare = statistics.median(timed(["--help"]) for _ in range(runs))
+    return {"query_process_s": round(query, 2), "help_process_s": round(bare, 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
@@ -134,8 +151,11 @@ def main() -> int:
     queries = [q.text for q in load_queries(DATA / "queries.jsonl") if q.text.strip()][:n_queries]
     qvecs = index.encoder.encode(queries)
     rows = []
+    startup = None
     for size in sorted(sizes):
         fill_synthetic(index, size)
+        if startup is None:
+            startup = {"passages": size, **startup_seconds(path)}
         exact = exact_top_docs(index, qvecs)
         for kind in args.types:
             if kind == "hnsw" and size > args.skip_hnsw_above:
@@ -147,7 +167,8 @@ def main() -> int:
             else:
                 rows.append({"size": size, **measure(path, kind, queries, exact)})
             print(json.dumps(rows[-1]), file=sys.stderr)
-    info = {"cpu": _cpu(), "python": platform.python_version(), "precision": index.config["precision"]}
+    info = {"cpu": _cpu(), "python": platform.python_version(), "precision": index.config["precision"],
+            "startup": startup}
     print(f"\nmachine: {info['cpu']}, precision {info['precision']}")
     print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} {'build s':>8}")
     for r in rows:
@@ -156,6 +177,8 @@ def main() -> int:
             continue
         print(f"{r['size']:>9} {r['type']:>6} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['embed_p50_ms']:>6.2f} "
               f"{r['search_fetch_p50_ms']:>7.2f} {r['recall_at_10']:>9.4f} {r['build_s']:>8.1f}")
+    print(f"semsearch query as a new process (imports, model load, one search) at {startup['passages']:,} "
+          f"passages: {startup['query_process_s']} s; semsearch --help: {startup['help_process_s']} s")
     print(json.dumps({"benchmark": "query", **info, "results": rows}))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

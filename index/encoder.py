@@ -43,6 +43,7 @@ PROBE_TEXTS = [
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_BATCH_SIZE = 16  # long texts per model call; shorter texts fill the same token budget
 MAX_BATCH_TEXTS = 128
+GPU_BATCH_SIZE = 128
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,8 @@ class Encoder:
         self.max_length = self._max_length(max_length, model_path)
         self.fingerprint = model_fingerprint(model, tokenizer)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and batch_size == DEFAULT_BATCH_SIZE:
+            self.batch_size = GPU_BATCH_SIZE  # a GPU wants far larger batches than 2 CPU cores
         requested = precision or DEFAULT_PRECISION
         self.precision = choose_precision(requested, self.device)
         self._hangul_warned = False

@@ -367,10 +367,11 @@ class Worker:
         return False
 
     def kill_and_reap(self) -> dict:
-        try:
-            os.kill(self.pid, signal.SIGKILL)  # a zombie (already exited) ignores it
-        except ProcessLookupError:
-            pass
+        if self.lines()[-1:] != ["done"]:  # a writer that said "done" is exiting by itself
+            try:
+                os.kill(self.pid, signal.SIGKILL)  # a zombie (already exited) ignores it
+            except ProcessLookupError:
+                pass
         self.status = self.server.reap(self.pid)
         return self.status
 
