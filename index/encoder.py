@@ -44,10 +44,11 @@ DEFAULT_MAX_LENGTH = 256
 DEFAULT_BATCH_SIZE = 16  # long texts per model call; shorter texts fill the same token budget
 MAX_BATCH_TEXTS = 128
 GPU_BATCH_SIZE = 128
-# Batches are padded to a multiple of 16 tokens: with every width distinct, the
-# math library kept per-shape state and a build's memory grew ~60 MB a 1,000
-# documents; with few widths it stays flat.
+# Batches wider than 32 tokens are padded to a multiple of 16: with every width
+# distinct, the math library kept per-shape state and a build's memory grew
+# ~60 MB a 1,000 documents; with few widths it stays flat.
 PAD_MULTIPLE = 16
+PAD_FROM = 32
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ class Encoder:
                 width = max(len(s) for s in seqs)
                 if width > self.max_length:
                     raise ValueError(f"an input of {width} tokens exceeds max_length {self.max_length}")
-                if len(seqs) > 1:  # (a lone query is not padded: at most max_length shapes)
+                if len(seqs) > 1 and width > PAD_FROM:  # short batches and lone queries: few shapes anyway
                     width = min(self.max_length, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE)
                 input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(seqs), width), dtype=torch.long)
