@@ -199,7 +199,8 @@ def test_bad_input_line_is_named_and_nothing_is_lost(runner, built, tmp_path):
 
 
 def test_installed_console_script(tmp_path, corpus, tiny_model):
-    exe = shutil.which("semsearch")
+    beside_python = os.path.join(os.path.dirname(sys.executable), "semsearch")
+    exe = shutil.which("semsearch") or (beside_python if os.path.exists(beside_python) else None)
     assert exe, "the semsearch command is not installed (pip install -e .)"
     index = str(tmp_path / "idx")
     env = {**os.environ, "SEMSEARCH_INDEX": index}
