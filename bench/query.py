@@ -37,8 +37,12 @@ from search.evaluation import load_queries  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "stackfaq"
 
 
-def fill_synthetic(index: Index, total: int, seed: int = 0) -> None:
-    """Add synthetic unit-vector passages (one per document) until ``total`` passages are stored."""
+def fill_synthetic(index: Index, total: int, seed: int = 0, near: np.ndarray | None = None) -> None:
+    """Add synthetic unit-vector passages (one per document) until ``total`` passages are stored.
+
+    With ``near`` (real document vectors), each synthetic vector is one of them plus noise
+    (cosine about 0.8 to it), so the fillers compete with the real documents as neighbours.
+    """
     store = index.store
     dim = int(index.config["dimension"])
     have = store.counts()[1]
@@ -48,6 +52,8 @@ def fill_synthetic(index: Index, total: int, seed: int = 0) -> None:
     while have < total:
         n = min(batch, total - have)
         vecs = rng.standard_normal((n, dim)).astype(np.float32)
+        if near is not None:
+            vecs = near[rng.integers(0, len(near), n)] + 0.038 * vecs  # |noise|² ≈ 384·0.038² ≈ 0.56
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         ids = range(next_id, next_id + n)
         with store.transaction():
@@ -86,11 +92,12 @@ def exact_top_docs(index: Index, qvecs: np.ndarray, k: int = 10) -> list[list[st
     return out
 
 
-def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]]) -> dict:
+def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]],
+            ef_search: int | None = None, nprobe: int | None = None) -> dict:
     started = time.perf_counter()
     Index.open(path).rebuild(index_type=kind)  # re-indexes the stored vectors, no encoding
     build_s = time.perf_counter() - started
-    searcher = Searcher(path)
+    searcher = Searcher(path, ef_search=ef_search, nprobe=nprobe)
     searcher.search(queries[0], k=10)  # loads the model and the FAISS file
     encoder = searcher.encoder
     total, embed, found = [], [], []
@@ -136,6 +143,11 @@ def main() -> int:
     parser.add_argument("--skip-hnsw-above", type=int, default=200_000,
                         help="HNSW takes long to build on 2 cores; skip it above this size")
     parser.add_argument("--quick", action="store_true", help="10k and 100k passages, 100 queries")
+    parser.add_argument("--ef-search", type=int, default=None, help="override HNSW efSearch")
+    parser.add_argument("--nprobe", type=int, default=None, help="override IVF nprobe")
+    parser.add_argument("--filler", choices=["random", "near"], default="random",
+                        help="synthetic vectors: random unit vectors, or noisy copies of the real documents' "
+                             "vectors (hard neighbours: a stricter recall test)")
     parser.add_argument("--workdir", default=None, help="where to build the indexes (default: a temp folder)")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -150,10 +162,12 @@ def main() -> int:
     index, _ = Index.build(path, read_documents([DATA / "corpus.jsonl"]))
     queries = [q.text for q in load_queries(DATA / "queries.jsonl") if q.text.strip()][:n_queries]
     qvecs = index.encoder.encode(queries)
+    real = np.concatenate([v for _, v in index.store.iter_vectors(int(index.config["dimension"]))])
+    near = real if args.filler == "near" else None
     rows = []
     startup = None
     for size in sorted(sizes):
-        fill_synthetic(index, size)
+        fill_synthetic(index, size, near=near)
         if startup is None:
             startup = {"passages": size, **startup_seconds(path)}
         exact = exact_top_docs(index, qvecs)
@@ -165,11 +179,12 @@ def main() -> int:
                 use = queries[: max(20, n_queries // 10)]
                 rows.append({"size": size, **measure(path, kind, use, exact[: len(use)])})
             else:
-                rows.append({"size": size, **measure(path, kind, queries, exact)})
+                rows.append({"size": size, **measure(path, kind, queries, exact, args.ef_search, args.nprobe)})
             print(json.dumps(rows[-1]), file=sys.stderr)
     info = {"cpu": _cpu(), "python": platform.python_version(), "precision": index.config["precision"],
+            "filler": args.filler,
             "startup": startup}
-    print(f"\nmachine: {info['cpu']}, precision {info['precision']}")
+    print(f"\nmachine: {info['cpu']}, precision {info['precision']}, filler vectors: {args.filler}")
     print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} {'build s':>8}")
     for r in rows:
         if "skipped" in r:
