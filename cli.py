@@ -134,7 +134,7 @@ def _read_sources(sources: Iterable[str], id_field, text_field, fmt, strict):
     return docs, report
 
 
-def _report_reading(report, quiet: bool) -> None:
+def _report_reading(report) -> None:
     for line in report.warnings[:20]:
         click.echo(f"warning: {line}", err=True)
     if len(report.warnings) > 20:
@@ -142,7 +142,7 @@ def _report_reading(report, quiet: bool) -> None:
 
 
 def _report_add(result, path, seconds: float, report) -> None:
-    _report_reading(report, False)
+    _report_reading(report)
     if result.duplicates:
         shown = ", ".join(result.duplicates[:5]) + (" ..." if len(result.duplicates) > 5 else "")
         click.echo(f"warning: {len(result.duplicates)} repeated id(s) in the input; the last of each was kept: {shown}", err=True)
@@ -463,7 +463,7 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, batch
         docs, report = _read_sources([input_path], id_field, text_field, chosen, strict)
         # one text per line: the line number is the id
         items = [(d.id.rsplit(":", 1)[-1] if chosen == "lines" else d.id, d.text) for d in docs]
-        _report_reading(report, quiet)
+        _report_reading(report)
     encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
                            batch_size=batch_size, precision=precision)
     progress = Progress("encoding texts", total=len(items), quiet=quiet)

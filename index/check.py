@@ -128,12 +128,12 @@ def _check_sample(index: Index, encoder, sample: int, tolerance: float, seed: in
                                    "run `semsearch index rebuild`")
             continue
         windows.append(spans[row.order].token_ids)
-        blob = store.conn.execute("SELECT vector FROM passages WHERE id = ?", (pid,)).fetchone()[0]
-        stored.append(np.frombuffer(blob, dtype=np.float32))
+        stored.append(pid)
     if not windows:
         return
     fresh = encoder.encode_ids(windows)
-    cosines = (fresh * np.stack(stored)).sum(axis=1)
+    vectors = store.vectors_of(stored, encoder.dimension)
+    cosines = (fresh * np.stack([vectors[pid] for pid in stored])).sum(axis=1)
     report.sampled = len(windows)
     report.min_cosine = float(cosines.min())
     bad = int((cosines < 1 - tolerance).sum())

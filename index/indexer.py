@@ -37,7 +37,7 @@ from .errors import (
 from .lock import WriteLock
 from .passages import split_passages
 from .store import DB_NAME, SCHEMA_VERSION, MetadataStore, NewPassage, _now
-from .vectors import INDEX_TYPES, VectorIndex, n_lists, resolve_type, vector_files
+from .vectors import VectorIndex, n_lists, resolve_type, vector_files
 
 DEFAULT_PASSAGE_OVERLAP = 32  # tokens; at most a quarter of the window
 COMMIT_EVERY = 1000  # documents per committed transaction while adding
@@ -600,16 +600,16 @@ class Index:
                 on_commit(list(chunk))
             return
         encoded = self._encode_documents({d: v[0] for d, v in to_encode.items()}, progress)
-        removed: list[int] = []
         new_ids: list[int] = []
         new_vecs: list[np.ndarray] = []
         with self._commit():
+            # The passages being replaced, in one query (empty documents keep theirs).
+            removed = self.store.passage_ids_of([d for d in to_encode if encoded.get(d)])
             for doc_id, (text, meta_json, digest) in to_encode.items():
                 passages = encoded.get(doc_id)
                 if not passages:
                     result.skipped_empty.append(doc_id)
                     continue
-                removed += self.store.passage_ids_of([doc_id])
                 ids = self.store.write_document(doc_id, text, meta_json, digest, passages)
                 new_ids += ids
                 new_vecs += [p.vector for p in passages]
