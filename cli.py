@@ -12,11 +12,11 @@ import sqlite3
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Iterable
 
 import click
 
+from index import options
 from index.errors import SemsearchError
 
 DEFAULT_INDEX = "semsearch-index"
@@ -97,16 +97,16 @@ def wait_option(f):
                         help="If another process is writing the index, wait for it instead of failing.")(f)
 
 
-def model_options(default_layer: int | None = -2):
+def model_options(default_layer: int | None = options.DEFAULT_LAYER):
     """--model/--layer/--pooling/--max-length/--precision (None defaults mean: keep what is recorded)."""
     def decorate(f):
-        f = click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+        f = click.option("--precision", type=click.Choice(options.PRECISIONS), default=None,
                          help="Arithmetic for encoding (default auto: bf16 on CPUs with bf16 instructions, fp16 on "
                               "CUDA, when a probe shows vectors within cosine 0.999 of fp32; else fp32).")(f)
         f = click.option("--max-length", type=int, default=None,
                          help="Tokens per model input, special tokens included (default: the model's, 256 for the embedded one).")(f)
-        f = click.option("--pooling", type=click.Choice(["mean", "max", "cls"]),
-                         default=None if default_layer is None else "mean",
+        f = click.option("--pooling", type=click.Choice(options.POOLINGS),
+                         default=None if default_layer is None else options.DEFAULT_POOLING,
                          help="How token vectors become a sentence vector (default: mean over real tokens).")(f)
         f = click.option("--layer", type=int, default=default_layer,
                          help="Hidden layer to pool; negative counts from the top (default: -2, the second-to-last).")(f)
@@ -118,7 +118,7 @@ def model_options(default_layer: int | None = -2):
 
 def source_options(f):
     f = click.option("--strict", is_flag=True, help="Fail on unreadable input (invalid UTF-8, binary files) instead of skipping it.")(f)
-    f = click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "tsv", "text", "lines"]), default=None,
+    f = click.option("--format", "fmt", type=click.Choice(options.FORMATS), default=None,
                      help="Input format (default: from the file extension; standard input: JSONL if it starts with '{', else one document per line).")(f)
     f = click.option("--text-field", default=None, help="Field or column holding the text (default: text).")(f)
     f = click.option("--id-field", default=None, help="Field or column holding the id (default: _id or id).")(f)
@@ -204,9 +204,10 @@ def index_group() -> None:
 @model_options()
 @click.option("--passage-overlap", type=int, default=None,
               help="Tokens shared by consecutive passages of a long document (default: 32, at most a quarter of the window).")
-@click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "ivfpq", "auto"]), default="flat",
+@click.option("--index-type", type=click.Choice(options.INDEX_TYPES), default=options.DEFAULT_INDEX_TYPE,
               show_default=True, help="FAISS index: exact flat, or approximate (auto chooses by size).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Texts per model call.")
 @source_options
 @quiet_option
 def index_build(sources, index_path, force, model, layer, pooling, max_length, precision,
@@ -236,7 +237,8 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
 @index_group.command("add")
 @click.argument("sources", nargs=-1, required=True)
 @index_option
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Texts per model call.")
 @source_options
 @quiet_option
 @wait_option
@@ -281,9 +283,10 @@ def index_delete(ids, index_path, wait) -> None:
 @index_option
 @model_options(default_layer=None)
 @click.option("--passage-overlap", type=int, default=None, help="Tokens shared by consecutive passages (default: as recorded).")
-@click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf", "ivfpq", "auto"]), default=None,
+@click.option("--index-type", type=click.Choice(options.INDEX_TYPES), default=None,
               help="Switch the FAISS index type (alone, this re-indexes the stored vectors without encoding).")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Texts per model call.")
 @quiet_option
 @wait_option
 def index_rebuild(index_path, model, layer, pooling, max_length, precision, passage_overlap,
@@ -353,6 +356,8 @@ def index_check(index_path, sample, as_json) -> None:
         click.echo(f"{index_path}: {report.documents} documents, {report.passages} passages, {report.vectors} vectors")
         if report.sampled:
             click.echo(f"re-encoded {report.sampled} sampled passages: lowest cosine to the stored vectors {report.min_cosine:.6f}")
+        if report.reference_cosine is not None:
+            click.echo(f"encoder against the fp32 reference on the probe texts: lowest cosine {report.reference_cosine:.6f}")
         for note in report.notes:
             click.echo(f"note: {note}")
         for problem in report.problems:
@@ -437,7 +442,8 @@ def _snippet(text: str, width: int = 100) -> str:
 @click.option("--input", "input_path", default=None,
               help="Read texts from a file: one per line for plain text (- for standard input), documents for .jsonl/.csv/.tsv.")
 @model_options()
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Texts per model call.")
+@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
+              help="Texts per model call.")
 @source_options
 @quiet_option
 def embed(texts, input_path, model, layer, pooling, max_length, precision, batch_size,
@@ -458,11 +464,12 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, batch
     if texts:
         items = [(str(i), t) for i, t in enumerate(texts)]
     else:
-        suffix = Path(input_path).suffix.lower()
-        chosen = fmt or ("lines" if input_path == "-" or suffix not in (".jsonl", ".ndjson", ".csv", ".tsv", ".tab") else None)
-        docs, report = _read_sources([input_path], id_field, text_field, chosen, strict)
-        # one text per line: the line number is the id
-        items = [(d.id.rsplit(":", 1)[-1] if chosen == "lines" else d.id, d.text) for d in docs]
+        from index.sources import ReadReport, read_texts
+
+        report = ReadReport()
+        docs = read_texts(input_path, id_field=id_field, text_field=text_field, format=fmt,
+                          strict=strict, report=report)
+        items = [(d.id, d.text) for d in docs]
         _report_reading(report)
     encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
                            batch_size=batch_size, precision=precision)
@@ -491,27 +498,17 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprob
     Example:
       semsearch eval --queries data/queries.jsonl --qrels data/qrels/test.tsv --index my-index
     """
-    from search.evaluation import evaluate, format_table, load_qrels, load_queries
+    from search.evaluation import evaluate_index, format_table, plan_evaluation
     from search.searcher import Searcher
 
-    qrels = load_qrels(qrels_file)
-    queries = [q for q in load_queries(queries_file) if q.id in qrels]
-    if not queries:
-        raise SemsearchError(f"no query of {queries_file} appears in {qrels_file}")
-    run: dict[str, list[str]] = {q.id: [] for q in queries if not q.text.strip()}
-    if run:
-        click.echo(f"warning: {len(run)} empty quer(ies) count as retrieving nothing: "
-                   + ", ".join(list(run)[:5]), err=True)
-    queries = [q for q in queries if q.id not in run]
+    plan = plan_evaluation(queries_file, qrels_file)
+    if plan.empty:
+        click.echo(f"warning: {len(plan.empty)} empty quer(ies) count as retrieving nothing: "
+                   + ", ".join(plan.empty[:5]), err=True)
     searcher = Searcher(index_path, ef_search=ef_search, nprobe=nprobe)
-    progress = Progress("running queries", total=len(queries), quiet=quiet)
-    for start in range(0, len(queries), 64):
-        chunk = queries[start : start + 64]
-        for q, hits in zip(chunk, searcher.search_many([q.text for q in chunk], k=100)):
-            run[q.id] = [h.id for h in hits]
-        progress(len(chunk))
+    progress = Progress("running queries", total=len(plan.queries), quiet=quiet)
+    result = evaluate_index(searcher, plan, progress=progress)
     progress.finish()
-    result = evaluate(run, qrels)
     cfg = searcher.index.config
     label = f"layer {cfg['layer']} {cfg['pooling']}"
     if as_json:

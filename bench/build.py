@@ -12,7 +12,7 @@ two sizes shows it. ``--types`` adds other index types, built at the larger size
 
 Part 2 builds each FAISS index type (flat, hnsw, ivf, ivfpq) over N synthetic
 384-d unit vectors (default 100,000; --quick 20,000; seeded) with
-``VectorIndex.build``, saves it, and reports file bytes / N and build seconds.
+``index.vectors.build``, saves it, and reports file bytes / N and build seconds.
 ivfpq needs at least 9,984 vectors to train; below that it stays flat. It also
 reports the SQLite bytes per passage that semsearch stores in addition
 (``semsearch.db`` / passages of the larger part-1 index; each row holds a
@@ -40,14 +40,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from index.indexer import COMMIT_EVERY  # noqa: E402
+from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from index.options import COMMIT_EVERY, VECTOR_BACKENDS  # noqa: E402
 from index.store import DB_NAME  # noqa: E402
-from index.vectors import VectorIndex, min_training  # noqa: E402
+from index.vectors import backend, build  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SCIFACT = Path("scifact") / "corpus.jsonl"
 DIMENSION = 384
-VECTOR_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+VECTOR_TYPES = tuple(VECTOR_BACKENDS)
 
 # Runs the semsearch CLI in this child process and reports its own peak RSS on stderr.
 # VmHWM is the high-water mark of this process's memory after exec, so a large parent
@@ -140,10 +141,10 @@ def vector_sizes(n: int, seed: int, work: Path) -> list[dict]:
     rows = []
     for kind in VECTOR_TYPES:
         start = time.perf_counter()
-        vi = VectorIndex.build(kind, DIMENSION, n, synthetic(n, seed))
+        vi = build(kind, DIMENSION, n, synthetic(n, seed))
         seconds = time.perf_counter() - start
         (work / kind).mkdir()
-        size = vi.save(work / kind, 0).stat().st_size
+        size = vi.save(work / kind / "vectors-0.faiss").stat().st_size
         rows.append({"index_type": kind, "built_as": vi.describe(), "vectors": vi.ntotal,
                      "file_bytes": size, "bytes_per_vector": round(size / n, 1), "seconds": round(seconds, 2)})
         del vi
@@ -166,8 +167,8 @@ def main() -> int:
         return 0
     sizes = sorted(args.sizes or ([150, 300] if args.quick else [1000, 2000]))
     n_vectors = args.vectors or (20_000 if args.quick else 100_000)
-    if n_vectors < min_training("ivfpq", n_vectors):
-        print(f"note: {n_vectors} vectors < {min_training('ivfpq', n_vectors)}: ivfpq stays flat", file=sys.stderr)
+    if n_vectors < backend("ivfpq").min_training:
+        print(f"note: {n_vectors} vectors < {backend('ivfpq').min_training}: ivfpq stays flat", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="semsearch-bench-build-") as tmp:
         work = Path(tmp)
@@ -182,6 +183,7 @@ def main() -> int:
     marginal = round((large["documents"] - small["documents"]) / max(1e-9, large["seconds"] - small["seconds"]), 2)
     chunks = [-(-r["documents"] // COMMIT_EVERY) for r in (small, large)]
 
+    print(f"machine: {cpu_line()}")
     print(f"part 1: semsearch index build in a child process (COMMIT_EVERY={COMMIT_EVERY})")
     print(f"{'docs':>6} {'passages':>9} {'type':>6} {'seconds':>8} {'docs/s':>7} {'peak RSS MiB':>13}")
     for r in builds:
@@ -197,7 +199,7 @@ def main() -> int:
     for r in vectors:
         print(f"{r['index_type']:>6} {r['built_as']:<24} {r['bytes_per_vector']:>9.1f} "
               f"{r['file_bytes'] / 2**20:>9.1f} {r['seconds']:>8.1f}")
-    print(json.dumps({"benchmark": "build", "quick": args.quick, "commit_every": COMMIT_EVERY,
+    print(json.dumps({"benchmark": "build", **cpu_info(), "quick": args.quick, "commit_every": COMMIT_EVERY,
                       "builds": builds, "peak_rss_ratio": ratio, "marginal_docs_per_s": marginal,
                       "sqlite": sqlite, "synthetic_vectors": n_vectors, "vector_types": vectors}))
     return 0

@@ -10,7 +10,7 @@ SciFact abstracts (long) and the unique STSb test sentences (short).
 Each repetition times sentence-transformers and every semsearch configuration
 back to back, the order reversed every other repetition, and the table reports
 medians. Accuracy: the minimum cosine between each configuration's vectors and
-the slow fp32 reference (``hidden_states_reference``, same layer and pooling)
+the slow fp32 reference (``index.reference.reference_vectors``, same layer and pooling)
 on a sample of at most 200 texts per workload. Prints a table and one JSON line.
 
     python bench/encode.py --quick
@@ -36,7 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from index.encoder import DEFAULT_BATCH_SIZE, PRECISIONS, Encoder, choose_precision  # noqa: E402
+from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from index.encoder import Encoder  # noqa: E402
+from index.options import DEFAULT_BATCH_SIZE, PRECISIONS  # noqa: E402
+from index.precision import choose_precision  # noqa: E402
+from index.reference import reference_vectors  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SCIFACT = Path("scifact") / "corpus.jsonl"
@@ -135,7 +139,7 @@ def main() -> int:
                 runs[name].append(rate)
         step = max(1, len(texts) // SAMPLE)
         sample = list(range(0, len(texts), step))[:SAMPLE]
-        ref = reference.hidden_states_reference([texts[i] for i in sample])
+        ref = reference_vectors(reference, [texts[i] for i in sample])
         st_rate = statistics.median(runs["sentence-transformers"])
         rows: dict[str, dict] = {}
         for name, rates in runs.items():
@@ -150,11 +154,13 @@ def main() -> int:
         results[workload] = {"docs": len(texts), "cosine_sample": len(sample), "sides": rows}
 
     info = {
+        **cpu_info(),
         "device": device_name(first.device), "device_kind": first.device, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "auto_precision": choose_precision("auto", first.device),
         "model": first.model_name, "max_length": first.max_length, "layer": first.layer,
         "pooling": first.pooling, "repeats": repeats, "quick": args.quick,
     }
+    print(f"cpu: {cpu_line(info)}")
     print(f"device: {info['device']} ({info['device_kind']}), torch {info['torch']}, "
           f"{info['threads']} threads, auto -> {info['auto_precision']}, max length {info['max_length']}, "
           f"{repeats} repeats (medians)")

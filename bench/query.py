@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from index import Index  # noqa: E402
 from index.sources import read_documents  # noqa: E402
 from search import Searcher  # noqa: E402
@@ -55,17 +56,8 @@ def fill_synthetic(index: Index, total: int, seed: int = 0, near: np.ndarray | N
         if near is not None:
             vecs = near[rng.integers(0, len(near), n)] + 0.038 * vecs  # |noise|² ≈ 384·0.038² ≈ 0.56
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        ids = range(next_id, next_id + n)
         with store.transaction():
-            store.conn.executemany(
-                "INSERT INTO documents (id, text, metadata, content_hash, created_at, updated_at) "
-                "VALUES (?, ?, '{}', '', '', '')",
-                [(f"syn{i}", f"synthetic document {i}") for i in ids])
-            store.conn.executemany(
-                "INSERT INTO passages (id, document_id, ord, char_start, char_end, text, vector) "
-                "VALUES (?, ?, 0, 0, 0, '', ?)",
-                [(i, f"syn{i}", v.tobytes()) for i, v in zip(ids, vecs)])
-            store.set_info({"next_passage_id": next_id + n})
+            store.insert_vector_documents(next_id, vecs)
             store.bump_generation()
         next_id += n
         have += n
@@ -85,7 +77,7 @@ def exact_top_docs(index: Index, qvecs: np.ndarray, k: int = 10) -> list[list[st
         rows = index.store.passages(top.tolist())
         docs: list[str] = []
         for pid in top:
-            d = rows[int(pid)].document_id
+            d = rows[int(pid)][0]
             if d not in docs:
                 docs.append(d)
         out.append(docs[:k])
@@ -181,10 +173,10 @@ def main() -> int:
             else:
                 rows.append({"size": size, **measure(path, kind, queries, exact, args.ef_search, args.nprobe)})
             print(json.dumps(rows[-1]), file=sys.stderr)
-    info = {"cpu": _cpu(), "python": platform.python_version(), "precision": index.config["precision"],
+    info = {**cpu_info(), "python": platform.python_version(), "precision": index.config["precision"],
             "filler": args.filler,
             "startup": startup}
-    print(f"\nmachine: {info['cpu']}, precision {info['precision']}, filler vectors: {args.filler}")
+    print(f"\nmachine: {cpu_line(info)}, precision {info['precision']}, filler vectors: {args.filler}")
     print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} {'build s':>8}")
     for r in rows:
         if "skipped" in r:
@@ -198,16 +190,6 @@ def main() -> int:
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

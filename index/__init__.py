@@ -1,5 +1,13 @@
 """semsearch indexing: the encoder, the SQLite metadata store, the FAISS vector index and the indexer.
 
+Where things live: ``indexer.Index`` (the public face), ``writer`` (add, delete,
+rebuild under the lock), ``snapshot`` (what a reader sees of one generation),
+``generations`` (FAISS file <-> SQLite generation), ``folder`` (create, swap,
+recover), ``store`` + ``migrations`` (SQLite), ``vectors`` + ``backends/``
+(FAISS index types), ``encoder`` + ``config``/``loading``/``precision``/``bert``/
+``pooling`` (the model), ``passages`` (windows), ``sources`` (input files),
+``options`` (choices and defaults, no heavy imports).
+
     from index import Index
     idx = Index.create("faq-index")            # the embedded all-MiniLM-L6-v2, layer -2, mean pooling
     idx.add([{"id": "q1", "text": "How do I reset my password?", "metadata": {"lang": "en"}}])
@@ -23,12 +31,15 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import EncoderConfig
     from .encoder import Encoder
-    from .indexer import AddResult, DeleteResult, Index, IndexInfo, RebuildResult
+    from .indexer import Index
+    from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
 
 _LAZY = {
-    "Index": "indexer", "IndexInfo": "indexer", "AddResult": "indexer",
-    "DeleteResult": "indexer", "RebuildResult": "indexer", "Encoder": "encoder",
+    "Index": "indexer", "IndexInfo": "records", "AddResult": "records",
+    "DeleteResult": "records", "RebuildResult": "records", "Encoder": "encoder",
+    "EncoderConfig": "config",
 }
 
 
@@ -39,7 +50,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult", "Encoder",
+    "Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult", "Encoder", "EncoderConfig",
     "SemsearchError", "InputError", "IndexNotFoundError", "IndexExistsError",
     "ConfigMismatchError", "ModelLoadError", "IndexCorruptError", "IndexLockedError",
 ]

@@ -6,8 +6,9 @@ without re-encoding. Every write bumps ``generation`` in the same transaction,
 and the FAISS file is named after the generation it matches, so a FAISS file
 that lags the database is detected, never silently served.
 
-Opened in WAL mode with a busy timeout: readers see the last committed state
-while a writer works.
+Every SQL statement of the package lives here (the schema itself in
+``migrations.py``), each behind a named method. Opened in WAL mode with a busy
+timeout: readers see the last committed state while a writer works.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -23,69 +23,17 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import sqlite_utils
 
+from . import migrations
 from .errors import IndexCorruptError, SemsearchError
+from .records import Passage
 
 DB_NAME = "semsearch.db"
+NEXT_TABLE = "passages_next"  # filled by a rebuild, swapped in when complete
+IN_CHUNK = 500  # values per "IN (?, ...)" query, well below SQLite's variable limit
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# --- numbered schema migrations ---------------------------------------------------
-def _m001_initial(db: sqlite_utils.Database) -> None:
-    db.execute(
-        """CREATE TABLE documents (
-            id TEXT PRIMARY KEY,
-            text TEXT NOT NULL,
-            metadata TEXT NOT NULL DEFAULT '{}',
-            content_hash TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL
-        )"""
-    )
-    _create_passages(db, "passages")
-    db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-def _create_passages(db: sqlite_utils.Database, table: str) -> None:
-    db.execute(
-        f"""CREATE TABLE [{table}] (
-            id INTEGER PRIMARY KEY,
-            document_id TEXT NOT NULL,
-            ord INTEGER NOT NULL,
-            char_start INTEGER NOT NULL,
-            char_end INTEGER NOT NULL,
-            text TEXT NOT NULL,
-            vector BLOB NOT NULL
-        )"""
-    )
-    db.execute(f"CREATE INDEX [idx_{table}_document] ON [{table}] (document_id, ord)")
-
-
-MIGRATIONS = [_m001_initial]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass
-class PassageRow:
-    id: int
-    document_id: str
-    order: int
-    start: int
-    end: int
-    text: str
-
-
-@dataclass
-class NewPassage:
-    """A passage about to be written: its span, text and vector."""
-
-    order: int
-    start: int
-    end: int
-    text: str
-    vector: np.ndarray
 
 
 class MetadataStore:
@@ -122,38 +70,25 @@ class MetadataStore:
             ) from exc
         if mode.lower() != "wal":  # pragma: no cover - only on file systems without WAL support
             raise SemsearchError(f"{path}: cannot switch the database to WAL mode")
-        if version > SCHEMA_VERSION:
+        if version > migrations.SCHEMA_VERSION:
             raise SemsearchError(
                 f"{path}: index schema version {version} is newer than this semsearch supports "
-                f"({SCHEMA_VERSION}); upgrade semsearch"
+                f"({migrations.SCHEMA_VERSION}); upgrade semsearch"
             )
-        if version < SCHEMA_VERSION:
+        if version < migrations.SCHEMA_VERSION:
             store.migrate()
         return store
 
     def schema_version(self) -> int:
-        if "migrations" not in self.db.table_names():
-            if self.db.table_names():
-                raise IndexCorruptError(
-                    f"{self.path}: this SQLite file is not a semsearch index (no migrations table)"
-                )
-            return 0
-        row = self.conn.execute("SELECT max(version) FROM migrations").fetchone()
-        return int(row[0] or 0)
+        version = migrations.version(self.db)
+        if version is None:
+            raise IndexCorruptError(f"{self.path}: this SQLite file is not a semsearch index (no migrations table)")
+        return version
 
     def migrate(self) -> None:
-        """Apply the numbered migrations that this database has not seen, each in a transaction."""
+        """Apply the numbered migrations that this database has not seen."""
         with self.transaction():
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
-            )
-            done = self.schema_version()
-            for number, migration in enumerate(MIGRATIONS, start=1):
-                if number > done:
-                    migration(self.db)
-                    self.conn.execute(
-                        "INSERT INTO migrations VALUES (?, ?, ?)", (number, migration.__name__, _now())
-                    )
+            migrations.apply(self.db, utc_now())
 
     def close(self) -> None:
         self.conn.close()
@@ -177,6 +112,19 @@ class MetadataStore:
         else:
             self.conn.execute("COMMIT")
 
+    def integrity(self) -> str:
+        """SQLite's quick check: ``"ok"`` or what is damaged."""
+        return self.conn.execute("PRAGMA quick_check").fetchone()[0]
+
+    def _in_chunks(self, sql: str, values: Sequence) -> list[tuple]:
+        """Run ``sql`` (with one ``{marks}`` placeholder for an ``IN`` list) over ``values`` in
+        chunks that stay below SQLite's limit on bound variables; returns every row."""
+        values, rows = list(values), []
+        for i in range(0, len(values), IN_CHUNK):
+            chunk = values[i : i + IN_CHUNK]
+            rows += self.conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
+
     # --- info ------------------------------------------------------------------
     def get_info(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
@@ -187,17 +135,23 @@ class MetadataStore:
             [(k, json.dumps(v)) for k, v in values.items()],
         )
 
+    def initialise(self, info: dict[str, Any]) -> None:
+        """The info of a new index (generation 0, no passage ids used yet, timestamps now)."""
+        now = utc_now()
+        with self.transaction():
+            self.set_info({**info, "generation": 0, "next_passage_id": 1, "created_at": now, "updated_at": now})
+
     def generation(self) -> int:
         row = self.conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
         return int(json.loads(row[0])) if row else 0
 
     def bump_generation(self) -> int:
         gen = self.generation() + 1
-        self.set_info({"generation": gen, "updated_at": _now()})
+        self.set_info({"generation": gen, "updated_at": utc_now()})
         return gen
 
-    def _take_passage_ids(self, n: int) -> int:
-        """Reserve ``n`` passage ids; ids are never reused, even after deletes."""
+    def take_passage_ids(self, n: int) -> int:
+        """Reserve ``n`` passage ids and return the first; ids are never reused, even after deletes."""
         row = self.conn.execute("SELECT value FROM info WHERE key = 'next_passage_id'").fetchone()
         first = int(json.loads(row[0])) if row else 1
         self.set_info({"next_passage_id": first + n})
@@ -206,38 +160,31 @@ class MetadataStore:
     # --- documents -------------------------------------------------------------
     def existing(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """``id -> (content_hash, metadata JSON)`` for those of ``ids`` that are stored."""
-        out: dict[str, tuple[str, str]] = {}
-        for chunk in _chunked(list(ids), 500):
-            marks = ",".join("?" * len(chunk))
-            for row in self.conn.execute(
-                f"SELECT id, content_hash, metadata FROM documents WHERE id IN ({marks})", chunk
-            ):
-                out[row[0]] = (row[1], row[2])
-        return out
+        sql = "SELECT id, content_hash, metadata FROM documents WHERE id IN ({marks})"
+        return {r[0]: (r[1], r[2]) for r in self._in_chunks(sql, ids)}
+
+    def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, dict]]:
+        """``id -> (text, metadata)``."""
+        sql = "SELECT id, text, metadata FROM documents WHERE id IN ({marks})"
+        return {r[0]: (r[1], json.loads(r[2])) for r in self._in_chunks(sql, ids)}
 
     def update_metadata(self, items: Iterable[tuple[str, str]]) -> None:
-        now = _now()
+        now = utc_now()
         self.conn.executemany(
             "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?",
             [(meta, now, doc_id) for doc_id, meta in items],
         )
 
-    def passage_ids_of(self, doc_ids: Sequence[str], table: str = "passages") -> list[int]:
-        out: list[int] = []
-        for chunk in _chunked(list(doc_ids), 500):
-            marks = ",".join("?" * len(chunk))
-            out.extend(
-                r[0]
-                for r in self.conn.execute(f"SELECT id FROM [{table}] WHERE document_id IN ({marks})", chunk)
-            )
-        return out
+    def forget_content_hashes(self, doc_ids: Sequence[str]) -> None:
+        """Make documents look changed, so that the next add encodes them again."""
+        self.conn.executemany("UPDATE documents SET content_hash = '' WHERE id = ?", [(d,) for d in doc_ids])
 
     def write_document(
         self, doc_id: str, text: str, metadata_json: str, content_hash: str,
-        passages: Sequence[NewPassage], table: str = "passages",
+        passages: Sequence[Passage], vectors: np.ndarray,
     ) -> list[int]:
         """Upsert one document and replace its passages; returns the new passage ids."""
-        now = _now()
+        now = utc_now()
         self.conn.execute(
             """INSERT INTO documents (id, text, metadata, content_hash, created_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?)
@@ -245,30 +192,46 @@ class MetadataStore:
                    content_hash = excluded.content_hash, updated_at = excluded.updated_at""",
             (doc_id, text, metadata_json, content_hash, now, now),
         )
-        return self.write_passages(doc_id, passages, table)
+        return self._write_passages("passages", doc_id, passages, vectors)
 
-    def write_passages(self, doc_id: str, passages: Sequence[NewPassage], table: str = "passages") -> list[int]:
+    def write_next_passages(self, doc_id: str, passages: Sequence[Passage], vectors: np.ndarray) -> list[int]:
+        """A document's passages re-encoded by a rebuild, into the side table."""
+        return self._write_passages(NEXT_TABLE, doc_id, passages, vectors)
+
+    def _write_passages(self, table: str, doc_id: str, passages: Sequence[Passage], vectors: np.ndarray) -> list[int]:
         self.conn.execute(f"DELETE FROM [{table}] WHERE document_id = ?", (doc_id,))
-        first = self._take_passage_ids(len(passages))
+        first = self.take_passage_ids(len(passages))
         ids = list(range(first, first + len(passages)))
         self.conn.executemany(
             f"INSERT INTO [{table}] (id, document_id, ord, char_start, char_end, text, vector) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (pid, doc_id, p.order, p.start, p.end, p.text, np.asarray(p.vector, dtype=np.float32).tobytes())
-                for pid, p in zip(ids, passages)
+                (pid, doc_id, p.order, p.start, p.end, p.text, np.asarray(v, dtype=np.float32).tobytes())
+                for pid, p, v in zip(ids, passages, vectors)
             ],
         )
         return ids
+
+    def insert_vector_documents(self, first_id: int, vectors: np.ndarray, prefix: str = "syn") -> None:
+        """One-passage documents ``<prefix><id>`` holding given vectors, without text processing
+        (benchmarks fill large indexes this way); reserves the ids."""
+        ids = range(first_id, first_id + len(vectors))
+        self.conn.executemany(
+            "INSERT INTO documents (id, text, metadata, content_hash, created_at, updated_at) "
+            "VALUES (?, ?, '{}', '', '', '')",
+            [(f"{prefix}{i}", f"synthetic document {i}") for i in ids])
+        self.conn.executemany(
+            "INSERT INTO passages (id, document_id, ord, char_start, char_end, text, vector) "
+            "VALUES (?, ?, 0, 0, 0, '', ?)",
+            [(i, f"{prefix}{i}", np.asarray(v, dtype=np.float32).tobytes()) for i, v in zip(ids, vectors)])
+        self.set_info({"next_passage_id": first_id + len(vectors)})
 
     def delete_documents(self, doc_ids: Sequence[str]) -> tuple[list[str], list[int]]:
         """Delete documents and their passages; returns (deleted ids, removed passage ids)."""
         present = list(self.existing(doc_ids))
         removed = self.passage_ids_of(present)
-        for chunk in _chunked(present, 500):
-            marks = ",".join("?" * len(chunk))
-            self.conn.execute(f"DELETE FROM passages WHERE document_id IN ({marks})", chunk)
-            self.conn.execute(f"DELETE FROM documents WHERE id IN ({marks})", chunk)
+        self._in_chunks("DELETE FROM passages WHERE document_id IN ({marks})", present)
+        self._in_chunks("DELETE FROM documents WHERE id IN ({marks})", present)
         return present, removed
 
     def iter_documents(self, batch: int = 256) -> Iterator[list[tuple[str, str]]]:
@@ -286,9 +249,35 @@ class MetadataStore:
             yield rows
             last = rows[-1][0]
 
+    def documents_without_passages(self) -> list[str]:
+        """Documents that no search can find (their passages are missing)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM documents WHERE id NOT IN (SELECT document_id FROM passages)")]
+
+    def counts(self) -> tuple[int, int]:
+        docs = self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        passages = self.conn.execute("SELECT count(*) FROM passages").fetchone()[0]
+        return int(docs), int(passages)
+
     # --- passages and vectors -------------------------------------------------------
-    def iter_vectors(self, dimension: int, batch: int = 20_000, table: str = "passages") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All ``(ids, vectors)`` in id order, in batches."""
+    def passage_ids_of(self, doc_ids: Sequence[str]) -> list[int]:
+        return [r[0] for r in self._in_chunks("SELECT id FROM passages WHERE document_id IN ({marks})", doc_ids)]
+
+    def passages(self, ids: Sequence[int]) -> dict[int, tuple[str, Passage]]:
+        """``passage id -> (document id, passage)`` for those of ``ids`` that are stored."""
+        sql = "SELECT id, document_id, ord, char_start, char_end, text FROM passages WHERE id IN ({marks})"
+        return {r[0]: (r[1], Passage(r[2], r[3], r[4], r[5])) for r in self._in_chunks(sql, [int(i) for i in ids])}
+
+    def vectors_of(self, ids: Sequence[int], dimension: int) -> dict[int, np.ndarray]:
+        """The stored float32 vectors of some passages."""
+        sql = "SELECT id, vector FROM passages WHERE id IN ({marks})"
+        return {pid: np.frombuffer(blob, dtype=np.float32, count=dimension)
+                for pid, blob in self._in_chunks(sql, [int(i) for i in ids])}
+
+    def iter_vectors(self, dimension: int, batch: int = 20_000, next_table: bool = False,
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All ``(ids, vectors)`` in id order, in batches (of the rebuild's side table with ``next_table``)."""
+        table = NEXT_TABLE if next_table else "passages"
         last = 0
         while True:
             rows = self.conn.execute(
@@ -301,34 +290,22 @@ class MetadataStore:
             yield ids, vecs
             last = int(ids[-1])
 
-    def passages(self, ids: Sequence[int]) -> dict[int, PassageRow]:
-        out: dict[int, PassageRow] = {}
-        for chunk in _chunked([int(i) for i in ids], 500):
-            marks = ",".join("?" * len(chunk))
-            for r in self.conn.execute(
-                f"SELECT id, document_id, ord, char_start, char_end, text FROM passages WHERE id IN ({marks})",
-                chunk,
-            ):
-                out[r[0]] = PassageRow(*r)
-        return out
+    def passage_ids(self) -> np.ndarray:
+        """Every passage id, ascending."""
+        return np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM passages ORDER BY id")), dtype=np.int64)
 
-    def vectors_of(self, ids: Sequence[int], dimension: int) -> dict[int, np.ndarray]:
-        """The stored float32 vectors of some passages."""
-        out: dict[int, np.ndarray] = {}
-        for chunk in _chunked([int(i) for i in ids], 500):
-            marks = ",".join("?" * len(chunk))
-            for pid, blob in self.conn.execute(f"SELECT id, vector FROM passages WHERE id IN ({marks})", chunk):
-                out[pid] = np.frombuffer(blob, dtype=np.float32, count=dimension)
-        return out
+    def passage_id_summary(self) -> tuple[int, int]:
+        """``(count, sum)`` of the passage ids: a cheap fingerprint of the set a FAISS file must hold."""
+        count, total = self.conn.execute("SELECT count(*), coalesce(sum(id), 0) FROM passages").fetchone()
+        return int(count), int(total)
 
-    def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, dict]]:
-        """``id -> (text, metadata)``."""
-        out: dict[str, tuple[str, dict]] = {}
-        for chunk in _chunked(list(ids), 500):
-            marks = ",".join("?" * len(chunk))
-            for r in self.conn.execute(f"SELECT id, text, metadata FROM documents WHERE id IN ({marks})", chunk):
-                out[r[0]] = (r[1], json.loads(r[2]))
-        return out
+    def orphan_passage_ids(self) -> list[int]:
+        """Passages whose document is gone."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM passages WHERE document_id NOT IN (SELECT id FROM documents)")]
+
+    def delete_passages(self, ids: Sequence[int]) -> None:
+        self.conn.executemany("DELETE FROM passages WHERE id = ?", [(int(i),) for i in ids])
 
     def filtered_passage_ids(self, where: dict[str, Any]) -> np.ndarray:
         """Passage ids of the documents whose metadata equals every ``key: value`` in ``where``.
@@ -349,28 +326,27 @@ class MetadataStore:
         ids = [r[0] for r in self.conn.execute(sql, params)]
         return np.asarray(ids, dtype=np.int64)
 
-    def counts(self) -> tuple[int, int]:
-        docs = self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-        passages = self.conn.execute("SELECT count(*) FROM passages").fetchone()[0]
-        return int(docs), int(passages)
-
     # --- rebuild support -----------------------------------------------------------------
+    def has_next_passages(self) -> bool:
+        """True when an interrupted rebuild left its side table behind."""
+        return NEXT_TABLE in self.db.table_names()
+
     def start_next_passages(self) -> None:
-        """A fresh, empty ``passages_next`` table for a rebuild (a leftover one is dropped)."""
+        """A fresh, empty side table for a rebuild (a leftover one is dropped)."""
         with self.transaction():
-            self.db.execute("DROP TABLE IF EXISTS passages_next")
-            _create_passages(self.db, "passages_next")
+            self.db.execute(f"DROP TABLE IF EXISTS {NEXT_TABLE}")
+            migrations.create_passages_table(self.db, NEXT_TABLE)
 
     def swap_in_next_passages(self) -> None:
-        """Replace ``passages`` by ``passages_next``; call inside a transaction."""
+        """Replace ``passages`` by the side table; call inside a transaction."""
         self.db.execute("DROP TABLE passages")
-        self.db.execute("ALTER TABLE passages_next RENAME TO passages")
-        self.db.execute("DROP INDEX IF EXISTS idx_passages_next_document")
+        self.db.execute(f"ALTER TABLE {NEXT_TABLE} RENAME TO passages")
+        self.db.execute(f"DROP INDEX IF EXISTS idx_{NEXT_TABLE}_document")
         self.db.execute("CREATE INDEX IF NOT EXISTS idx_passages_document ON passages (document_id, ord)")
 
     def drop_next_passages(self) -> None:
         with self.transaction():
-            self.db.execute("DROP TABLE IF EXISTS passages_next")
+            self.db.execute(f"DROP TABLE IF EXISTS {NEXT_TABLE}")
 
 
 def _value_test(value: Any) -> tuple[str, list]:
@@ -386,8 +362,3 @@ def _value_test(value: Any) -> tuple[str, list]:
                 "(je.type IN ('integer', 'real') AND CAST(je.value AS TEXT) = ?) OR "
                 "(je.type IN ('true', 'false') AND je.type = lower(?)))"), [value, value, value]
     return "je.type IN ('array', 'object') AND je.value = json(?)", [json.dumps(value, ensure_ascii=False)]
-
-
-def _chunked(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -8,7 +8,9 @@ Inputs are the usual BEIR files:
   header line (read with :func:`load_qrels`).
 
 A *run* is a mapping ``query id -> ranked doc ids`` (best first).
-:func:`evaluate` scores it with nDCG@10, MRR@10 and Recall@k, computed the way
+:func:`plan_evaluation` and :func:`evaluate_index` run a benchmark against a
+``Searcher``;
+:func:`evaluate` scores a run with nDCG@10, MRR@10 and Recall@k, computed the way
 trec_eval / pytrec_eval compute ``ndcg_cut_10``, ``recip_rank`` (cut at 10) and
 ``recall_k``; :func:`format_table` prints results side by side and
 :func:`spearman` compares two score lists (e.g. per-query nDCG of two models).
@@ -24,11 +26,11 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from index.errors import InputError
+from index.errors import InputError, SemsearchError
 
 __all__ = [
     "EvalQuery",
@@ -38,6 +40,9 @@ __all__ = [
     "evaluate",
     "spearman",
     "format_table",
+    "EvalPlan",
+    "plan_evaluation",
+    "evaluate_index",
 ]
 
 NDCG_CUT = 10
@@ -344,3 +349,42 @@ def format_table(rows: Sequence[tuple[str, EvalResult]]) -> str:
         return "  ".join(parts).rstrip()
 
     return "\n".join(render(line) for line in [header, *body])
+
+
+# --------------------------------------------------------------------------
+# Running an index against a benchmark
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class EvalPlan:
+    """The judged queries of a benchmark, ready to run: those with text, the empty ones (they
+    count as retrieving nothing) and the relevance judgements."""
+
+    queries: list[EvalQuery]
+    empty: list[str]
+    qrels: dict[str, dict[str, int]]
+
+
+def plan_evaluation(queries_path: str | os.PathLike[str], qrels_path: str | os.PathLike[str]) -> EvalPlan:
+    """Read a benchmark; queries missing from the qrels are left out."""
+    qrels = load_qrels(qrels_path)
+    queries = [q for q in load_queries(queries_path) if q.id in qrels]
+    if not queries:
+        raise SemsearchError(f"no query of {os.fspath(queries_path)} appears in {os.fspath(qrels_path)}")
+    empty = [q.id for q in queries if not q.text.strip()]
+    return EvalPlan([q for q in queries if q.text.strip()], empty, qrels)
+
+
+def evaluate_index(searcher: Any, plan: EvalPlan, *, depth: int = 100, batch: int = 64,
+                   progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Run the plan's queries through ``searcher`` (``depth`` documents each, ``batch``
+    queries per call) and score the run."""
+    run: dict[str, list[str]] = {query_id: [] for query_id in plan.empty}
+    for start in range(0, len(plan.queries), batch):
+        chunk = plan.queries[start : start + batch]
+        for q, hits in zip(chunk, searcher.search_many([q.text for q in chunk], k=depth)):
+            run[q.id] = [h.id for h in hits]
+        if progress is not None:
+            progress(len(chunk))
+    return evaluate(run, plan.qrels)

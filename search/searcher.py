@@ -3,8 +3,9 @@
 A document's score is its best passage's score; a hit names the passage that
 matched. Metadata filters (``where``) restrict the vector search itself to the
 matching documents' passages, so ``k`` hits come back whenever ``k`` documents
-match. A long-running ``Searcher`` notices a newer committed index state and
-reloads it before the next query.
+match. Every search runs in one read snapshot (``index.snapshot``): the query
+is embedded by the encoder that snapshot's configuration names, so a
+long-running ``Searcher`` follows other processes' commits and rebuilds.
 """
 
 from __future__ import annotations
@@ -17,18 +18,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from index.errors import SemsearchError
-from index.indexer import Index, encoder_key
+from index.indexer import Index
+from index.records import Passage
+from index.snapshot import Snapshot
 from index.vectors import SearchSettings
 
-
-@dataclass
-class Passage:
-    """The part of a document that matched: its position, character span and text."""
-
-    order: int
-    start: int
-    end: int
-    text: str
+__all__ = ["Hit", "Passage", "Searcher"]
 
 
 @dataclass
@@ -53,6 +48,7 @@ class Searcher:
         self.index = index if isinstance(index, Index) else Index.open(Path(index), model=model,
                                                                        batch_size=batch_size)
         self.settings = SearchSettings(ef_search=ef_search, nprobe=nprobe)
+        self.generation: int | None = None  # the committed generation the last search answered from
 
     @property
     def encoder(self):
@@ -67,41 +63,30 @@ class Searcher:
         """:meth:`search` for many queries, encoded in batches."""
         if isinstance(queries, str):
             raise TypeError("search_many takes a list of queries; use search() for one")
-        _check_k(k)
+        check_k(k)
         for q in queries:
             if not isinstance(q, str) or not q.strip():
                 raise SemsearchError("a query is empty; give some text to search for")
         if not queries:
             return []
-        for _ in range(3):
-            encoder = self.encoder  # follows the recorded configuration
-            key = self.index._encoder_key
-            vectors = encoder.encode(list(queries))
-            with self.index.snapshot():
-                if encoder_key(self.index.config) == key:  # no rebuild committed meanwhile
-                    return self._search(vectors, k, where)
-        raise SemsearchError("the index configuration kept changing during the search; try again")
+        with self.index.snapshot() as snap:
+            return self._search(snap, snap.encoder.encode(list(queries)), k, where)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10,
                        where: Mapping[str, Any] | None = None) -> list[list[Hit]]:
         """Search with already-computed query vectors (rows L2-normalised)."""
-        _check_k(k)
-        with self.index.snapshot():
-            return self._search(vectors, k, where)
+        check_k(k)
+        with self.index.snapshot() as snap:
+            return self._search(snap, vectors, k, where)
 
-    def _search(self, vectors: np.ndarray, k: int, where) -> list[list[Hit]]:
+    def _search(self, snap: Snapshot, vectors: np.ndarray, k: int, where) -> list[list[Hit]]:
         """Inside one snapshot: vector search, passage rows and documents all of one state."""
-        index = self.index
-        faiss_index = index._vectors
-        allowed = index.store.filtered_passage_ids(dict(where)) if where else None
-        pool = faiss_index.ntotal if allowed is None else len(allowed)
-        results: list[list[Hit]] = []
-        for row in np.atleast_2d(vectors):
-            best = self._best_passages(faiss_index, row, k, allowed, pool)
-            results.append(self._hits(best))
-        return results
+        self.generation = snap.generation
+        allowed = snap.allowed_ids(where)
+        pool = snap.vectors.ntotal if allowed is None else len(allowed)
+        return [self._hits(snap, self._best_passages(snap, row, k, allowed, pool)) for row in np.atleast_2d(vectors)]
 
-    def _best_passages(self, faiss_index, vector: np.ndarray, k: int, allowed, pool: int):
+    def _best_passages(self, snap: Snapshot, vector: np.ndarray, k: int, allowed, pool: int):
         """Best passage per document for the top ``k`` documents: ``[(doc_id, score, passage)]``.
 
         Fetches more passages until ``k`` distinct documents are found or every
@@ -109,41 +94,31 @@ class Searcher:
         """
         if pool == 0:
             return []
-        fetch = min(pool, max(2 * k, k + 20))
-        if faiss_index.kind == "ivfpq":  # compressed scores: take more candidates, re-rank exactly
-            fetch = min(pool, max(fetch, 10 * k, 100))
+        fetch = min(pool, snap.candidates(k))
         while True:
-            scores, ids = faiss_index.search(vector[None, :], fetch, allowed, self.settings)
-            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-            if faiss_index.kind == "ivfpq":
-                found = self._rerank(vector, [i for i, _ in found])
-            rows = self.index.store.passages([i for i, _ in found])
-            best: dict[str, tuple[float, Any]] = {}
+            found = snap.search(vector, fetch, allowed, self.settings)
+            if snap.needs_rerank:  # compressed scores: re-rank the candidates exactly
+                found = snap.rerank(vector, [pid for pid, _ in found])
+            rows = snap.passages([pid for pid, _ in found])
+            best: dict[str, tuple[float, Passage]] = {}
             for pid, score in found:
-                row = rows.get(pid)
-                if row is not None and row.document_id not in best:
-                    best[row.document_id] = (score, row)
+                if pid in rows:
+                    doc_id, passage = rows[pid]
+                    best.setdefault(doc_id, (score, passage))
             if len(best) >= k or fetch >= pool:
                 ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
-                return [(doc_id, score, row) for doc_id, (score, row) in ranked]
+                return [(doc_id, score, passage) for doc_id, (score, passage) in ranked]
             fetch = min(pool, fetch * 4)
 
-    def _rerank(self, vector: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:
-        """Exact scores from the stored float32 vectors, best first."""
-        stored = self.index.store.vectors_of(ids, len(vector))
-        scored = [(pid, float(stored[pid] @ vector)) for pid in ids if pid in stored]
-        return sorted(scored, key=lambda t: -t[1])
-
-    def _hits(self, best) -> list[Hit]:
-        docs = self.index.store.documents([doc_id for doc_id, _, _ in best])
+    def _hits(self, snap: Snapshot, best) -> list[Hit]:
+        docs = snap.documents([doc_id for doc_id, _, _ in best])
         hits = []
-        for doc_id, score, row in best:
+        for doc_id, score, passage in best:
             text, metadata = docs.get(doc_id, ("", {}))
-            hits.append(Hit(id=doc_id, score=score, text=text, metadata=metadata,
-                            passage=Passage(row.order, row.start, row.end, row.text)))
+            hits.append(Hit(id=doc_id, score=score, text=text, metadata=metadata, passage=passage))
         return hits
 
 
-def _check_k(k: int) -> None:
+def check_k(k: int) -> None:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise SemsearchError(f"k must be a whole number of at least 1 (got {k!r})")

@@ -64,9 +64,9 @@ def exact_arithmetic_for_unit_tests(request, monkeypatch):
     """Unit tests compare vectors to 1e-5, so they use fp32; integration tests keep the
     product default (auto: bf16 where the CPU has it)."""
     if request.node.get_closest_marker("integration") is None:
-        import index.encoder
+        import index.options
 
-        monkeypatch.setattr(index.encoder, "DEFAULT_PRECISION", "fp32")
+        monkeypatch.setattr(index.options, "DEFAULT_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +89,7 @@ def tiny_model_nfd(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def embedded_model() -> str:
-    from index.encoder import embedded_model_path
+    from index.config import embedded_model_path
 
     return str(embedded_model_path())
 

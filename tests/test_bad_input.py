@@ -805,7 +805,7 @@ def test_overwritten_model_weights_are_detected(runner, tiny_model, tiny_model_o
 
     for weights in Path(tiny_model_other).glob("*.safetensors"):
         shutil.copy(weights, model / weights.name)
-    monkeypatch.setattr(Encoder, "_cache", {})  # a new process: the model is loaded again
+    Encoder.clear_cache()  # a new process: the model is loaded again
     line = assert_one_line_error(invoke(runner, "query", "the bank", "--index", index),
                                  "no longer matches", "semsearch index rebuild")
     assert before in line
@@ -868,11 +868,11 @@ def test_disk_full_as_faiss_reports_it(runner, built, tmp_path, monkeypatch):
 
 
 def test_disk_full_while_renaming_the_faiss_file(runner, built, tmp_path, monkeypatch):
-    from index import vectors
+    from index.backends import base
 
     index, baseline = built
     src = _new_docs(tmp_path)
-    monkeypatch.setattr(vectors.os, "replace", _no_space)
+    monkeypatch.setattr(base.os, "replace", _no_space)
     assert_one_line_error(add(runner, index, src), "No space left on device")
     monkeypatch.undo()
     _check_recovers(runner, index, baseline, src)

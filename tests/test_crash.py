@@ -42,12 +42,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import index.indexer as indexer_module
+import index.options as options_module
 from cli import cli
 from index.encoder import Encoder
 from index.indexer import Index
+from index.records import AddResult
 from index.store import DB_NAME
-from index.vectors import vector_files
+from index.generations import vector_files
 from search import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,8 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import torch, transformers, faiss  # the slow imports, done once for every writer
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 import transformers.models.bert.modeling_bert, transformers.models.bert.tokenization_bert
-import index.indexer, index.store, index.vectors, index.lock, index.encoder, index.passages
+import index.indexer, index.store, index.vectors, index.lock, index.encoder, index.passages, index.writer
+import index.backends.flat, index.backends.hnsw, index.backends.ivf, index.backends.ivfpq
 import search.searcher
 
 
@@ -167,15 +169,14 @@ def install_crash(spec, cmd):
 
         MetadataStore.write_document = write_document
     elif kind == "mid_rebuild":  # inside a passages_next transaction
-        write = MetadataStore.write_passages
+        write = MetadataStore.write_next_passages
 
-        def write_passages(self, doc_id, passages, table="passages"):
-            out = write(self, doc_id, passages, table)
-            if table == "passages_next":
-                hit()
+        def write_next_passages(self, *a, **k):
+            out = write(self, *a, **k)
+            hit()
             return out
 
-        MetadataStore.write_passages = write_passages
+        MetadataStore.write_next_passages = write_next_passages
     elif kind == "create_before_info":  # database and tables created, configuration not written
         set_info = MetadataStore.set_info
 
@@ -193,9 +194,9 @@ def install_crash(spec, cmd):
 
         WriteLock.acquire = acquire_
     elif kind == "between_renames":  # build --force without an atomic exchange: old index moved aside
-        import index.indexer as ix
+        import index.folder as folder
 
-        ix._exchange = lambda a, b: False
+        folder.exchange = lambda a, b: False
         rename = os.rename
 
         def os_rename(src, dst, *a, **k):
@@ -206,16 +207,16 @@ def install_crash(spec, cmd):
 
         os.rename = os_rename
     elif kind == "after_exchange":  # build --force: new index swapped in, old one not yet removed
-        import index.indexer as ix
+        import index.folder as folder
 
-        exchange = ix._exchange
+        exchange = folder.exchange
 
         def exchange_(a, b):
             out = exchange(a, b)
             hit()
             return out
 
-        ix._exchange = exchange_
+        folder.exchange = exchange_
     else:
         raise ValueError(kind)
     return None
@@ -227,11 +228,10 @@ def worker(cmd):
     os.dup2(fd, 2)
     os.close(fd)
     faiss.omp_set_num_threads(1)
-    import index.encoder
-    import index.indexer as ix
+    import index.options
     from index.indexer import Index
-    index.encoder.DEFAULT_PRECISION = "fp32"  # the checks compare vectors with fp32 references
-    ix.COMMIT_EVERY = cmd["commit_every"]
+    index.options.DEFAULT_PRECISION = "fp32"  # the checks compare vectors with fp32 references
+    index.options.COMMIT_EVERY = cmd["commit_every"]
     hook = install_crash(cmd.get("crash"), cmd)
     say("start")
     docs = []
@@ -450,7 +450,7 @@ def check_index(path: Path, ref: Reference, *, must_have=(), exact=None, layers=
         # the vectors are those of the recorded layer (and not of the other one)
         layer = cfg["layer"]
         other = -1 if layer == -2 else -2
-        owner = {pid: row.document_id for pid, row in index.store.passages(list(rows)).items()}
+        owner = {pid: doc_id for pid, (doc_id, _) in index.store.passages(list(rows)).items()}
         for pid, vec in rows.items():
             doc_id = owner[pid]
             assert 1 - float(vec @ ref.vectors[layer][doc_id]) < SAME, f"{doc_id}: not a layer {layer} vector"
@@ -490,8 +490,8 @@ def check_final_files(path: Path) -> None:
         index.close()
 
 
-def rerun_add(path: Path, docs: list[dict], monkeypatch) -> "indexer_module.AddResult":
-    monkeypatch.setattr(indexer_module, "COMMIT_EVERY", COMMIT_EVERY)
+def rerun_add(path: Path, docs: list[dict], monkeypatch) -> "AddResult":
+    monkeypatch.setattr(options_module, "COMMIT_EVERY", COMMIT_EVERY)
     index = Index.open(path)
     try:
         return index.add(docs)
@@ -506,6 +506,7 @@ EXTRA_BUDGET_S = 45.0  # after the minimum trials, more kills while the test is 
 MAX_EXTRA = 10
 
 
+@pytest.mark.slow
 def test_random_sigkill_of_add_and_rebuild(fork_server, tiny_model, tmp_path, monkeypatch, fast_faiss):
     started = time.monotonic()
     rng = random.Random(20240611)
@@ -645,6 +646,7 @@ CRASH_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CRASH_POINTS))
 def test_kill_at_crash_point(name, fork_server, tiny_model, tmp_path, monkeypatch, fast_faiss):
     """The writer SIGKILLs itself at one precise point; then the same checks and a rerun."""
@@ -686,7 +688,7 @@ def test_kill_at_crash_point(name, fork_server, tiny_model, tmp_path, monkeypatc
         if mode == "add":
             result = rerun_add(path, docs, monkeypatch)
         else:  # the interrupted build is resumed (complete is false) or, if nothing was built, done
-            monkeypatch.setattr(indexer_module, "COMMIT_EVERY", COMMIT_EVERY)
+            monkeypatch.setattr(options_module, "COMMIT_EVERY", COMMIT_EVERY)
             index, result = Index.build(path, docs, model=tiny_model)
             index.close()
         assert (result.added, result.updated) == (N_DOCS - len(stored), 0)
@@ -710,7 +712,7 @@ def test_kill_at_crash_point(name, fork_server, tiny_model, tmp_path, monkeypatc
 
 
 # --- the command line, killed mid-way -------------------------------------------------------
-CLI = ("import sys; import index.indexer as m; m.COMMIT_EVERY = int(sys.argv.pop(1)); "
+CLI = ("import sys; import index.options as m; m.COMMIT_EVERY = int(sys.argv.pop(1)); "
        "from cli import main; sys.argv[0] = 'semsearch'; main()")
 
 
@@ -725,6 +727,7 @@ def _count_documents(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_cli_index_add_killed_midway_then_rerun(tiny_model, tmp_path, monkeypatch, fast_faiss):
     """``semsearch index add FILE --index DIR`` SIGKILLed (during start-up, after ~1/5 and
     after ~2/3 of the documents), then the same command again: every document once."""
@@ -777,7 +780,7 @@ def test_cli_index_add_killed_midway_then_rerun(tiny_model, tmp_path, monkeypatc
         procs["two-thirds"] = subprocess.Popen(command("two-thirds"), cwd=ROOT, env=env,
                                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         reports = {}
-        monkeypatch.setattr(indexer_module, "COMMIT_EVERY", COMMIT_EVERY)
+        monkeypatch.setattr(options_module, "COMMIT_EVERY", COMMIT_EVERY)
         for name in ("startup", "fifth"):
             result = CliRunner().invoke(cli, command(name)[4:])
             assert result.exit_code == 0, result.output

@@ -10,8 +10,11 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from index.encoder import Encoder, decomposes_hangul, pool, resolve_model
+from index.config import resolve_model
+from index.encoder import Encoder
 from index.errors import ModelLoadError, SemsearchError
+from index.loading import decomposes_hangul
+from index.pooling import pool
 
 TEXTS = [
     "how do i reset my password",
@@ -157,23 +160,23 @@ def test_fp16_on_cpu_is_refused(tiny_model):
 
 
 def test_auto_precision_selection(tiny_model, monkeypatch):
-    import index.encoder as enc_module
-    from index.encoder import choose_precision
+    import index.precision as precision_module
+    from index.precision import choose_precision
 
-    Encoder._cache.clear()
-    monkeypatch.setattr(enc_module, "cpu_supports_bf16", lambda: False)
+    Encoder.clear_cache()
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: False)
     assert Encoder.load(tiny_model, precision="auto").precision == "fp32"
-    Encoder._cache.clear()
-    monkeypatch.setattr(enc_module, "cpu_supports_bf16", lambda: True)
-    monkeypatch.setattr(enc_module, "MIN_PROBE_COSINE", 0.0)
+    Encoder.clear_cache()
+    monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "MIN_PROBE_COSINE", 0.0)
     chosen = Encoder.load(tiny_model, precision="auto")
     assert chosen.precision == "bf16" and chosen.probe_cosine is not None
     assert next(chosen.model.parameters()).dtype == torch.bfloat16
-    Encoder._cache.clear()
-    monkeypatch.setattr(enc_module, "MIN_PROBE_COSINE", 1.5)  # a probe that cannot pass keeps fp32
+    Encoder.clear_cache()
+    monkeypatch.setattr(precision_module, "MIN_PROBE_COSINE", 1.5)  # a probe that cannot pass keeps fp32
     kept = Encoder.load(tiny_model, precision="auto")
     assert kept.precision == "fp32" and next(kept.model.parameters()).dtype == torch.float32
-    Encoder._cache.clear()
+    Encoder.clear_cache()
     assert choose_precision("auto", "cuda") == "fp16"
     assert choose_precision("bf16", "cpu") == "bf16"
     with pytest.raises(SemsearchError, match="unknown precision"):
@@ -189,14 +192,16 @@ def test_index_records_the_chosen_precision(tiny_model, tmp_path):
 
 
 def test_lean_forward_is_used_only_when_it_reproduces_the_library(tiny_model, monkeypatch):
-    Encoder._cache.clear()
+    from index import bert
+
+    Encoder.clear_cache()
     enc = Encoder.load(tiny_model)
-    assert enc._lean is True  # a plain BERT: the lean pass agreed with transformers on the probe
+    assert enc.lean is True  # a plain BERT: the lean pass agreed with transformers on the probe
     expected = reference(tiny_model, TEXTS, -2)
     np.testing.assert_allclose(enc.encode(TEXTS), expected, atol=1e-5)
-    Encoder._cache.clear()
-    monkeypatch.setattr(Encoder, "_lean_hidden", lambda self, ids, mask: torch.zeros(*ids.shape, 32) + 1.0)
+    Encoder.clear_cache()
+    monkeypatch.setattr(bert, "lean_hidden", lambda model, ids, mask: torch.zeros(*ids.shape, 32) + 1.0)
     fallback = Encoder.load(tiny_model)
-    assert fallback._lean is False  # a disagreeing lean pass is never used
+    assert fallback.lean is False  # a disagreeing lean pass is never used
     np.testing.assert_allclose(fallback.encode(TEXTS), expected, atol=1e-5)
-    Encoder._cache.clear()
+    Encoder.clear_cache()

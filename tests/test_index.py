@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import index.indexer as indexer_module
+import index.options as options_module
 from index import Index
 from index.encoder import Encoder
 from index.errors import (
@@ -16,7 +16,7 @@ from index.errors import (
     SemsearchError,
 )
 from index.lock import WriteLock
-from index.vectors import vector_files
+from index.generations import vector_files
 from search import Searcher
 
 DOCS = [
@@ -115,8 +115,8 @@ def test_long_documents_are_split_and_the_matching_passage_is_named(tiny_model, 
     result = index.add([{"id": "long", "text": LONG}, *DOCS])
     assert result.passages > len(DOCS) + 1
     consistent(index)
-    rows = sorted(index.store.passages(index.vectors.ids().tolist()).values(), key=lambda r: (r.document_id, r.order))
-    long_rows = [r for r in rows if r.document_id == "long"]
+    rows = sorted(index.store.passages(index.vectors.ids().tolist()).values(), key=lambda r: (r[0], r[1].order))
+    long_rows = [passage for doc_id, passage in rows if doc_id == "long"]
     assert len(long_rows) >= 3
     assert long_rows[0].start == 0 and long_rows[-1].end == len(LONG)
     for r in long_rows:
@@ -261,7 +261,7 @@ def test_forced_build_that_fails_keeps_the_old_index(idx, tmp_path, tiny_model):
 
 
 def test_interrupted_build_resumes_without_reencoding(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(indexer_module, "COMMIT_EVERY", 2)
+    monkeypatch.setattr(options_module, "COMMIT_EVERY", 2)
 
     def docs():
         yield from DOCS[:3]

@@ -9,6 +9,7 @@ import pytest
 
 from index import Index
 from index.encoder import Encoder
+from index.reference import reference_vectors
 from search import FAQ, Searcher
 from search.evaluation import evaluate, load_qrels, load_queries
 
@@ -80,7 +81,7 @@ def test_layer_skipping_equals_output_hidden_states_on_the_real_model():
     for layer in (-2, -1, 3):
         enc = Encoder.load(None, layer=layer, precision="fp32")
         assert len(enc.model.encoder.layer) == layer % 7
-        np.testing.assert_allclose(enc.encode(texts), enc.hidden_states_reference(texts), atol=1e-5)
+        np.testing.assert_allclose(enc.encode(texts), reference_vectors(enc, texts), atol=1e-5)
 
 
 def test_auto_precision_is_recorded_and_close_to_fp32():
@@ -141,12 +142,14 @@ def stackfaq_ndcg(shared_data, tmp_path, layer: int) -> float:
     return evaluate({q.id: [h.id for h in hs] for q, hs in zip(queries, hits)}, qrels).ndcg_at_10
 
 
+@pytest.mark.slow
 def test_stackfaq_quality_matches_the_method(shared_data, tmp_path):
     # Properties of the method (shared/docs/NOTES.md), not tuned targets.
     assert stackfaq_ndcg(shared_data, tmp_path, -2) == pytest.approx(0.830, abs=0.01)
     assert stackfaq_ndcg(shared_data, tmp_path, -1) == pytest.approx(0.976, abs=0.01)
 
 
+@pytest.mark.slow
 def test_example_faq_bot_answers_from_standard_input(tmp_path):
     import subprocess
     import sys

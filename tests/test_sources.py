@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from index import sources
 from index.errors import InputError
-from index.sources import Document, ReadReport, read_documents
+from index.sources import Document, ReadReport, read_documents, read_texts
 
 KOREAN = "배를 타고 바다로 갔다"
 KOREAN_NFD = unicodedata.normalize("NFD", KOREAN)
@@ -563,6 +563,54 @@ def test_several_sources_in_order(tmp_path):
     b.write_text("B", encoding="utf-8")
     docs = read(a, "-", b, stdin=io.BytesIO(b"stdin line\n"))
     assert [d.id for d in docs] == ["a", "1", str(b)]
+
+
+# --- read_texts (what `semsearch embed --input` reads) ------------------------------------
+
+
+def test_read_texts_plain_file_ids_are_line_numbers(tmp_path):
+    path = tmp_path / "notes:v2.txt"  # a colon in the name does not leak into the ids
+    path.write_text("first\n\n  \n{\"_id\": \"x\", \"text\": \"not a record\"}\nlast", encoding="utf-8")
+    assert read_texts(path) == [
+        Document("1", "first", {}), Document("4", '{"_id": "x", "text": "not a record"}', {}),
+        Document("5", "last", {})]
+    other = tmp_path / "queries"  # no extension: also one text per line
+    other.write_text("a\nb\n", encoding="utf-8")
+    assert [(d.id, d.text) for d in read_texts(str(other))] == [("1", "a"), ("2", "b")]
+
+
+def test_read_texts_stdin_is_lines_even_when_it_looks_like_jsonl():
+    data = b'{"_id": "s1", "text": "from stdin"}\n\nplain\n'
+    report = ReadReport()
+    assert read_texts("-", stdin=io.BytesIO(data), report=report) == [
+        Document("1", '{"_id": "s1", "text": "from stdin"}', {}), Document("3", "plain", {})]
+    assert report.warnings == []
+
+
+def test_read_texts_documents_keep_their_ids(tmp_path):
+    jsonl = write_jsonl(tmp_path / "c.JSONL", [{"_id": "d:1", "text": "one"}, {"_id": "d2", "text": ""}])
+    report = ReadReport()
+    assert read_texts(jsonl, report=report) == [Document("d:1", "one", {})]
+    assert report.skipped_empty == 1
+    ndjson = write_jsonl(tmp_path / "c.ndjson", [{"id": 7, "body": "seven"}])
+    assert read_texts(ndjson, text_field="body") == [Document("7", "seven", {})]
+    table = tmp_path / "t.tab"
+    table.write_text("key\ttext\tlang\nq:7\tseven\ten\n", encoding="utf-8")
+    assert read_texts(table, id_field="key") == [Document("q:7", "seven", {"lang": "en"})]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"_id": "x", "body": "no text field"}])
+    with pytest.raises(InputError, match=r"bad\.jsonl:1: no field 'text'"):
+        read_texts(bad)
+
+
+def test_read_texts_explicit_format_wins(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"_id": "a", "text": "alpha"}])
+    assert read_texts(path, format="lines") == [Document("1", '{"_id": "a", "text": "alpha"}', {})]
+    txt = tmp_path / "records.txt"
+    txt.write_text('{"_id": "b", "text": "beta"}\n', encoding="utf-8")
+    assert read_texts(txt, format="jsonl") == [Document("b", "beta", {})]
+    assert read_texts(txt, format="text") == [Document(str(txt), '{"_id": "b", "text": "beta"}\n', {})]
+    assert read_texts("-", format="jsonl", stdin=io.BytesIO(b'{"id": 5, "text": "five"}\n')) == [
+        Document("5", "five", {})]
 
 
 # --- properties ----------------------------------------------------------------------------

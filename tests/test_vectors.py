@@ -8,7 +8,8 @@ import pytest
 import index.vectors as vectors_module
 from index import Index
 from index.errors import SemsearchError
-from index.vectors import VectorIndex, resolve_type, vector_files
+from index.generations import vector_files
+from index.vectors import build, load, resolve_type
 from search import Searcher
 
 D = 32
@@ -34,8 +35,8 @@ def batches_of(ids, x):
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
 def test_each_type_agrees_with_exact_search_and_respects_deletes(data, kind, tmp_path):
     ids, x, queries = data
-    exact = VectorIndex.build("flat", D, N, batches_of(ids, x))
-    vi = VectorIndex.build(kind, D, N, batches_of(ids, x))
+    exact = build("flat", D, N, batches_of(ids, x))
+    vi = build(kind, D, N, batches_of(ids, x))
     assert vi.kind == kind and vi.ntotal == N
     _, want = exact.search(queries, 10)
     _, got = vi.search(queries, 50 if kind == "ivfpq" else 10)
@@ -51,8 +52,8 @@ def test_each_type_agrees_with_exact_search_and_respects_deletes(data, kind, tmp
     _, after = vi.search(queries, 10)
     assert not np.isin(after, gone).any()
     assert vi.ntotal == N - len(set(gone.tolist()))
-    vi.save(tmp_path, 7)
-    back = VectorIndex.load(tmp_path / "vectors-7.faiss")
+    vi.save(tmp_path / "vectors-7.faiss")
+    back = load(tmp_path / "vectors-7.faiss")
     assert back.kind == kind and back.dimension == D
 
 
@@ -60,7 +61,7 @@ def test_filtered_search_on_every_type(data):
     ids, x, queries = data
     allowed = ids[::7]
     for kind in ("flat", "hnsw", "ivf"):
-        vi = VectorIndex.build(kind, D, N, batches_of(ids, x))
+        vi = build(kind, D, N, batches_of(ids, x))
         _, got = vi.search(queries[:5], 10, allowed=allowed)
         assert np.isin(got[got >= 0], allowed).all() and (got >= 0).sum() >= 40
 

@@ -1,0 +1,37 @@
+"""The machine a benchmark ran on: CPU model, the vector-instruction flags that decide speed, threads.
+
+Speed on this project differs 2-4x between a CPU with AVX-512 BF16 (bf16 matrix
+instructions) and one with AVX2 only, so every benchmark prints this line and
+puts it in its JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> dict:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_flags": [f for f in FLAGS if f in flags], "cpus": os.cpu_count()}
+
+
+def cpu_line(info: dict | None = None) -> str:
+    info = info or cpu_info()
+    return f"{info['cpu']}, {info['cpus']} CPUs, flags: {' '.join(info['cpu_flags']) or 'none of ' + '/'.join(FLAGS)}"
+
+
+if __name__ == "__main__":
+    print(cpu_line())

@@ -1,0 +1,37 @@
+"""``ivfpq``: ``IndexIVFPQ`` (d/8 sub-quantisers of 8 bits), about d/8+8 bytes a vector.
+
+Its scores are approximate, so it asks for more candidates and the searcher
+re-ranks them with the exact stored vectors (``rerank``).
+"""
+
+from __future__ import annotations
+
+import faiss
+
+from .ivf import POINTS_PER_LIST, IVFIndex
+
+
+def pq_subquantizers(d: int) -> int:
+    """The largest divisor of d that is at most d/8 (48 for 384-d)."""
+    return max(m for m in range(1, d // 8 + 1) if d % m == 0)
+
+
+class IVFPQIndex(IVFIndex):
+    kind = "ivfpq"
+    min_training = 256 * POINTS_PER_LIST  # 8-bit codebooks
+    rerank = True
+
+    @classmethod
+    def factory(cls, dimension: int, nlist: int) -> str:
+        return f"IVF{nlist},PQ{pq_subquantizers(dimension)}x8"
+
+    @classmethod
+    def configure(cls, ivf: faiss.Index) -> None:
+        ivf.do_polysemous_training = False  # polysemous codes are for Hamming filtering, unused here
+
+    @classmethod
+    def owns(cls, index: faiss.Index) -> bool:
+        return isinstance(index, faiss.IndexIVFPQ)
+
+    def candidates(self, k: int) -> int:
+        return max(super().candidates(k), 10 * k, 100)

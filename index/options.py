@@ -1,0 +1,39 @@
+"""Choices and defaults shared by the CLI and the library.
+
+This module imports neither torch nor faiss, so ``semsearch --help`` and
+option parsing stay fast. The library reads its defaults from here at call
+time (``options.DEFAULT_PRECISION``, ``options.COMMIT_EVERY``), so a test or
+a caller can change one in a single place.
+
+Vector backends register here: ``VECTOR_BACKENDS`` maps an ``--index-type``
+name to the class that implements it (imported only when used). A new backend
+is one file in ``index/backends/`` plus one line in this mapping.
+"""
+
+from __future__ import annotations
+
+# --- the model and its sentence vectors -------------------------------------------------
+EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"  # recorded name of the model shipped with semsearch
+DEFAULT_LAYER = -2  # hidden_states[-2]: the bert-as-service default
+POOLINGS = ("mean", "max", "cls")
+DEFAULT_POOLING = "mean"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "auto"  # bf16/fp16 where the hardware has it and the accuracy probe passes
+DEFAULT_MAX_LENGTH = 256  # tokens per model input when the model folder does not say
+DEFAULT_BATCH_SIZE = 16  # long texts per model call on the CPU; short texts share the token budget
+
+# --- the index ---------------------------------------------------------------------------
+VECTOR_BACKENDS = {  # --index-type name -> "module:Class" under index/backends/
+    "flat": "index.backends.flat:FlatIndex",
+    "hnsw": "index.backends.hnsw:HNSWIndex",
+    "ivf": "index.backends.ivf:IVFIndex",
+    "ivfpq": "index.backends.ivfpq:IVFPQIndex",
+}
+AUTO_INDEX_TYPE = "auto"  # chosen by size: see index.vectors.resolve_type
+INDEX_TYPES = (*VECTOR_BACKENDS, AUTO_INDEX_TYPE)
+DEFAULT_INDEX_TYPE = "flat"
+DEFAULT_PASSAGE_OVERLAP = 32  # tokens shared by consecutive passages; at most a quarter of the window
+COMMIT_EVERY = 1000  # documents per committed transaction while adding
+
+# --- input ---------------------------------------------------------------------------------
+FORMATS = ("jsonl", "csv", "tsv", "text", "lines")

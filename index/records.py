@@ -1,0 +1,79 @@
+"""The small records the index API returns: a passage, what a write did, what an index is.
+
+No heavy imports: the CLI, the store and the searcher all share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Passage:
+    """A window of a document: its position among the document's passages, its character
+    span in the document text, and its text (a search hit names the passage that matched)."""
+
+    order: int
+    start: int
+    end: int
+    text: str
+
+
+@dataclass
+class AddResult:
+    """What ``Index.add`` did; ``repeated`` ids appeared more than once in the input (the last won)."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    metadata_updated: int = 0
+    skipped_empty: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    passages: int = 0
+
+    @property
+    def documents(self) -> int:
+        return self.added + self.updated + self.unchanged + self.metadata_updated
+
+
+@dataclass
+class DeleteResult:
+    deleted: list[str]
+    missing: list[str]
+
+
+@dataclass
+class RebuildResult:
+    documents: int
+    passages: int
+    seconds: float
+
+
+@dataclass
+class IndexInfo:
+    """What ``semsearch index info`` shows."""
+
+    path: str
+    model: str
+    model_fingerprint: str
+    layer: int
+    pooling: str
+    dimension: int
+    max_length: int
+    passage_tokens: int
+    passage_overlap: int
+    precision: str
+    index_type: str
+    vector_index: str  # what the FAISS index is now (auto and untrained IVF resolve by size)
+    schema_version: int
+    generation: int
+    documents: int
+    passages: int
+    vectors: int
+    complete: bool
+    created_at: str
+    updated_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

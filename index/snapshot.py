@@ -1,0 +1,81 @@
+"""A read snapshot: one committed generation's vectors, encoder and store reads, together.
+
+Readers (``Searcher``, ``FAQ``, the HTTP service) open one with
+``Index.snapshot()`` and do a whole search inside it: the SQLite read
+transaction pins one committed state, the vectors are those of its
+generation, and the encoder is the one its recorded configuration names. A
+writer committing meanwhile (a rebuild replaces every passage id, or the
+model) can never pair FAISS ids of one state with rows, or query vectors, of
+another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .config import EncoderConfig
+from .records import Passage
+from .store import MetadataStore
+from .vectors import SearchSettings, VectorIndex
+
+
+@dataclass
+class Snapshot:
+    """What a reader sees of one committed generation."""
+
+    store: MetadataStore
+    vectors: VectorIndex
+    generation: int
+    info: dict[str, Any]
+    load_encoder: Callable[[Mapping[str, Any]], Any] = field(repr=False)
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig.from_info(self.info)
+
+    @property
+    def encoder(self):
+        """The encoder of this generation's recorded configuration (loaded once per configuration)."""
+        return self.load_encoder(self.info)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.info["dimension"])
+
+    # --- vector search ------------------------------------------------------------------
+    def allowed_ids(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
+        """Passage ids of the documents whose metadata matches ``where`` (None: no filter)."""
+        return self.store.filtered_passage_ids(dict(where)) if where else None
+
+    def candidates(self, k: int) -> int:
+        """How many passages to fetch to find ``k`` documents."""
+        return self.vectors.candidates(k)
+
+    def search(self, vector: np.ndarray, n: int, allowed: np.ndarray | None,
+               settings: SearchSettings | None) -> list[tuple[int, float]]:
+        """The ``n`` nearest passages to one query vector, as ``(passage id, score)``, best first."""
+        scores, ids = self.vectors.search(vector[None, :], n, allowed, settings)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    @property
+    def needs_rerank(self) -> bool:
+        """True when the vector index's scores are approximate (compressed codes)."""
+        return self.vectors.rerank
+
+    def rerank(self, vector: np.ndarray, ids: Sequence[int]) -> list[tuple[int, float]]:
+        """Exact scores from the stored float32 vectors, best first."""
+        stored = self.store.vectors_of(ids, len(vector))
+        scored = [(pid, float(stored[pid] @ vector)) for pid in ids if pid in stored]
+        return sorted(scored, key=lambda t: -t[1])
+
+    # --- rows -------------------------------------------------------------------------
+    def passages(self, ids: Sequence[int]) -> dict[int, tuple[str, Passage]]:
+        """``passage id -> (document id, passage)``."""
+        return self.store.passages(ids)
+
+    def documents(self, ids: Sequence[str]) -> dict[str, tuple[str, dict]]:
+        """``document id -> (text, metadata)``."""
+        return self.store.documents(ids)
