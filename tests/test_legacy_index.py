@@ -1,0 +1,76 @@
+"""Indexes written before the architecture split open and answer exactly as they did.
+
+``tests/fixtures/legacy`` holds a flat and an hnsw index written by the code of
+commit 98e1705 (``tests/fixtures/make_legacy_index.py``), with that code's
+``index info`` and top-5 answers. Copies are opened with the current code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from index import Index
+from search import Searcher
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy"
+EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=sorted(EXPECTED["indexes"]))
+def legacy(request, tmp_path):
+    kind = request.param
+    path = tmp_path / kind
+    shutil.copytree(FIXTURE / kind, path)
+    expected = EXPECTED["indexes"][kind]
+    import transformers
+
+    if transformers.__version__ != EXPECTED["transformers"]:
+        # The weights fingerprint covers the model's configuration as transformers writes it,
+        # version included: record the fingerprint this installation computes for the same weights.
+        from index.encoder import Encoder
+
+        fingerprint = Encoder.load(None, precision="fp32").fingerprint
+        with Index.open(path) as index, index.store.transaction():
+            index.store.set_info({"model_fingerprint": fingerprint})
+        expected = {**expected, "info": {**expected["info"], "model_fingerprint": fingerprint}}
+    return kind, path, expected
+
+
+def test_legacy_index_info_is_unchanged(legacy):
+    kind, path, expected = legacy
+    info = Index.open(path).info().as_dict()
+    for key in ("path", "created_at", "updated_at"):
+        info.pop(key)
+    assert info == expected["info"]
+
+
+def test_legacy_index_answers_identically(legacy):
+    kind, path, expected = legacy
+    searcher = Searcher(path)
+    for query, want in zip(EXPECTED["queries"], expected["answers"]):
+        got = searcher.search(query, k=5)
+        assert [h.id for h in got] == [w["id"] for w in want], query
+        for hit, w in zip(got, want):
+            assert hit.score == pytest.approx(w["score"], abs=1e-5), (query, hit.id)
+            assert [hit.passage.order, hit.passage.start, hit.passage.end] == w["passage"]
+    filtered = [h.id for h in searcher.search("account", k=5, where={"topic": "account"})]
+    assert filtered == expected["account_filter"]
+
+
+def test_legacy_index_checks_ok_and_takes_writes(legacy):
+    kind, path, expected = legacy
+    index = Index.open(path)
+    assert index.check(sample=50).ok
+    index.add([{"id": "new", "text": "Can the shop ship my parcel to a locker?", "metadata": {"topic": "billing"}}])
+    index.delete(["faq1"])
+    hits = Searcher(path).search("Can the shop ship my parcel to a locker?", k=3)
+    assert hits[0].id == "new" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert "faq1" not in {h.id for h in Searcher(path).search("reset my password", k=10)}
+    with Index.open(path) as after:  # every stored passage has exactly one vector
+        assert set(after.vectors.ids().tolist()) == set(after.store.passage_ids().tolist())
