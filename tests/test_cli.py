@@ -198,6 +198,7 @@ def test_bad_input_line_is_named_and_nothing_is_lost(runner, built, tmp_path):
     assert info["documents"] >= 4
 
 
+@pytest.mark.slow
 def test_installed_console_script(tmp_path, corpus, tiny_model):
     beside_python = os.path.join(os.path.dirname(sys.executable), "semsearch")
     exe = shutil.which("semsearch") or (beside_python if os.path.exists(beside_python) else None)

@@ -6,7 +6,10 @@
 * One writer at a time: a second one gets ``IndexLockedError`` naming the holder's pid,
   or waits with ``wait=True``; the lock of a SIGKILLed process blocks nobody.
 
-Every child process is bounded by a timeout and killed in ``finally``.
+Every child process is bounded by a timeout and killed in ``finally``. Nothing here
+sleeps to let something happen: the tests wait for what the other side reports
+(readers print the generation they answered from), with generous deadlines, and the
+lock's clock is replaced where a test is about how long it waits.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import index.indexer as indexer_module
+import index.lock as lock_module
+import index.options as options_module
 from cli import cli
 from index.errors import IndexLockedError
 from index.indexer import Index
@@ -132,7 +136,9 @@ while not stop.is_set():
     problem = None
     try:
         hits = searcher.search(text, k=5)
-        generations.add(searcher.index._vectors_generation)
+        if searcher.generation not in generations or queries % 25 == 0:  # progress, for the test to wait on
+            print(json.dumps({"generation": searcher.generation, "queries": queries}), flush=True)
+        generations.add(searcher.generation)
         if len(hits) != 5:
             problem = f"{doc_id}: {len(hits)} hits"
         elif hits[0].id != doc_id or abs(hits[0].score - 1.0) > 1e-4 or hits[0].text != text:
@@ -154,6 +160,51 @@ print(json.dumps({"pid": os.getpid(), "queries": queries, "failures": failures, 
 '''
 
 
+class ReaderProgress:
+    """Follows what a reader process prints: the generations it answered from and its query count."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self.generation = -1
+        self.queries = 0
+        self.first_seen: dict[int, int] = {}  # generation -> query count when first answered from it
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            line = line.strip()
+            with self.changed:
+                self.lines.append(line)
+                status = json.loads(line) if line.startswith("{") else {}
+                if "generation" in status:
+                    self.generation, self.queries = status["generation"], status["queries"]
+                    self.first_seen.setdefault(self.generation, self.queries)
+                self.changed.notify_all()
+
+    def reached(self, generation: int, total: int, after: int) -> bool:
+        return (self.generation >= generation and self.queries >= total
+                and self.queries - self.first_seen.get(generation, self.queries) >= after)
+
+
+def wait_for_readers(watches: list[ReaderProgress], generation: int, total: int = 0, after: int = 0,
+                     deadline: float = 120) -> None:
+    """Until every reader has answered from ``generation`` (``after`` queries since it first did,
+    ``total`` queries in all); fails after a generous deadline."""
+    until = time.monotonic() + deadline
+    for watch in watches:
+        with watch.changed:
+            while not watch.reached(generation, total, after):
+                left = until - time.monotonic()
+                if left <= 0 or not watch.thread.is_alive():
+                    raise AssertionError(f"a reader did not reach generation {generation} ({total} queries, "
+                                         f"{after} after it): it is at {watch.generation}, {watch.queries} queries; "
+                                         f"last lines {watch.lines[-3:]}")
+                watch.changed.wait(min(left, 1.0))
+
+
+@pytest.mark.slow
 def test_readers_keep_answering_while_a_writer_adds_and_rebuilds(known_index, monkeypatch, fast_faiss):
     known = [[d["id"], d["text"]] for d in KNOWN]
     readers = []
@@ -167,34 +218,38 @@ def test_readers_keep_answering_while_a_writer_adds_and_rebuilds(known_index, mo
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         for reader in readers:
             assert read_line(reader, 180) == "ready"
+        watches = [ReaderProgress(reader) for reader in readers]
         for reader in readers:
             reader.stdin.write("go\n")
             reader.stdin.flush()
 
         # The writer: 10 commits of new documents, a rebuild (every passage id changes), one more commit.
-        monkeypatch.setattr(indexer_module, "COMMIT_EVERY", 10)
+        # After each write, every reader must have answered from it before the next one starts.
+        monkeypatch.setattr(options_module, "COMMIT_EVERY", 10)
         new = make_docs(110, "w", seed=12)
         index = Index.open(known_index)
-        time.sleep(0.3)
+        wait_for_readers(watches, index.store.generation())
         for start in range(0, 100, 20):
             result = index.add(new[start:start + 20])
             assert result.added == 20
-            time.sleep(0.15)
+            wait_for_readers(watches, index.store.generation())
         assert index.rebuild().documents == 140
-        time.sleep(0.2)
+        wait_for_readers(watches, index.store.generation())
         index.add(new[100:])
         final_generation = index.store.generation()
         index.close()
-        time.sleep(1.0)  # the readers query the final state too
+        wait_for_readers(watches, final_generation, total=100, after=20)  # the final state, queried a while
 
         reports = []
         for reader in readers:
             reader.stdin.write("stop\n")
             reader.stdin.flush()
-        for reader in readers:
-            out, err = finish(reader, 60)
+        for reader, watch in zip(readers, watches):
+            out, err = finish(reader, 60)  # shares stdout with the watch: a line lands in one of them
             assert reader.returncode == 0, err[-2000:]
-            reports.append(json.loads(out.strip().splitlines()[-1]))
+            watch.thread.join(30)
+            last = [line for line in watch.lines + out.splitlines() if '"pid"' in line]
+            reports.append(json.loads(last[-1]))
     finally:
         kill_all(readers)
 
@@ -239,11 +294,11 @@ def test_search_racing_a_rebuild_commit_still_finds_the_document(known_index, fa
 # --- a long-running Searcher and a writer in another process -----------------------------------
 WRITER = r'''
 import json, sys
-import index.indexer as ix
+import index.options
 from index.indexer import Index
 
 args = json.loads(sys.argv[1])
-ix.COMMIT_EVERY = args.get("commit_every", ix.COMMIT_EVERY)
+index.options.COMMIT_EVERY = args.get("commit_every", index.options.COMMIT_EVERY)
 index = Index.open(args["path"])
 if args["op"] == "add":
     index.add(args["docs"], on_commit=lambda ids: print("C " + json.dumps(ids), flush=True))
@@ -264,6 +319,7 @@ def run_writer(**args) -> list[str]:
     return out.splitlines()
 
 
+@pytest.mark.slow
 def test_long_running_searcher_sees_commits_of_another_process(known_index, fast_faiss):
     searcher = Searcher(known_index)
     index_object = searcher.index
@@ -278,6 +334,7 @@ def test_long_running_searcher_sees_commits_of_another_process(known_index, fast
     assert searcher.index.info().documents == len(KNOWN) + len(new)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["layer", "model"])
 def test_long_running_searcher_follows_a_rebuild_by_another_process(change, known_index, tiny_model_other,
                                                                       fast_faiss):
@@ -328,12 +385,34 @@ def start_locker(path: Path) -> subprocess.Popen:
     return proc
 
 
+class LockClock:
+    """Stands in for the lock module's ``time``: counts the lock's retries, and can run a fake
+    clock (each retry's sleep advances it without sleeping) or tell when the lock starts waiting."""
+
+    def __init__(self, fake: bool):
+        self.fake = fake
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.waiting = threading.Event()
+
+    def monotonic(self) -> float:
+        return self.now if self.fake else time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.waiting.set()
+        if self.fake:
+            self.now += seconds
+        else:
+            time.sleep(seconds)
+
+
 def stored(path: Path, doc_id: str) -> bool:
     with Index.open(path) as index:
         return bool(index.store.documents([doc_id]))
 
 
-def test_second_writer_is_refused_with_the_holders_pid_or_waits(known_index, tiny_model, fast_faiss):
+def test_second_writer_is_refused_with_the_holders_pid_or_waits(known_index, tiny_model, fast_faiss, monkeypatch):
     doc = {"id": "late", "text": "where do i find my invoice", "metadata": {}}
     locker = start_locker(known_index)
     try:
@@ -344,25 +423,37 @@ def test_second_writer_is_refused_with_the_holders_pid_or_waits(known_index, tin
             Index.open(known_index).rebuild()
         with pytest.raises(IndexLockedError, match=f"process {locker.pid}"):
             Index.open(known_index).delete([KNOWN[0]["id"]])
-        started = time.monotonic()
-        with pytest.raises(IndexLockedError):
-            Index.open(known_index, wait=0.5).add([doc])
-        assert 0.45 <= time.monotonic() - started < 5
+        clock = LockClock(fake=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(lock_module, "time", clock)
+            with pytest.raises(IndexLockedError):
+                Index.open(known_index, wait=0.5).add([doc])
+        assert 0.5 <= clock.now < 0.6 and len(clock.sleeps) >= 5  # retried until its deadline, not longer
         result = CliRunner().invoke(cli, ["index", "delete", KNOWN[0]["id"], "--index", str(known_index)])
         assert result.exit_code != 0 and f"process {locker.pid}" in result.output, result.output
         assert not stored(known_index, "late") and stored(known_index, KNOWN[0]["id"])
 
         # wait=True: blocks until the holder releases (the holder stays alive), then writes
-        release = threading.Timer(1.0, lambda: (locker.stdin.write("release\n"), locker.stdin.flush()))
-        release.start()
-        started = time.monotonic()
-        try:
-            result = Index.open(known_index, wait=True).add([doc])
-        finally:
-            release.cancel()
-        waited = time.monotonic() - started
-        assert result.added == 1
-        assert waited >= 0.9, f"did not wait for the holder ({waited:.2f} s)"
+        clock = LockClock(fake=False)
+        outcome: dict = {}
+
+        def write_when_free() -> None:
+            try:
+                outcome["result"] = Index.open(known_index, wait=True).add([doc])
+            except BaseException as exc:  # reported by the assertions below
+                outcome["error"] = exc
+
+        with monkeypatch.context() as patch:
+            patch.setattr(lock_module, "time", clock)
+            writer = threading.Thread(target=write_when_free, daemon=True)
+            writer.start()
+            assert clock.waiting.wait(60), "the second writer never waited for the lock"
+            assert writer.is_alive() and not stored(known_index, "late")  # waiting, nothing written
+            locker.stdin.write("release\n")
+            locker.stdin.flush()
+            writer.join(120)
+        assert not writer.is_alive() and "error" not in outcome, outcome
+        assert outcome["result"].added == 1
         assert read_line(locker, 10) == "released"
         assert locker.poll() is None  # released, not exited
         assert stored(known_index, "late")
@@ -376,7 +467,7 @@ def test_second_writer_is_refused_with_the_holders_pid_or_waits(known_index, tin
             kill_all([locker])
 
 
-def test_lock_of_a_killed_process_does_not_block(known_index, tiny_model, fast_faiss):
+def test_lock_of_a_killed_process_does_not_block(known_index, tiny_model, fast_faiss, monkeypatch):
     doc = {"id": "after-kill", "text": "the bank of the river", "metadata": {}}
     locker = start_locker(known_index)
     try:
@@ -387,10 +478,11 @@ def test_lock_of_a_killed_process_does_not_block(known_index, tiny_model, fast_f
     finally:
         kill_all([locker])
     assert (known_index / LOCK_NAME).read_text().strip() == str(locker.pid)  # the dead holder's record
-    started = time.monotonic()
+    clock = LockClock(fake=True)
+    monkeypatch.setattr(lock_module, "time", clock)
     result = Index.open(known_index).add([doc])  # no wait: must not be refused
     assert result.added == 1
-    assert time.monotonic() - started < 5
+    assert clock.sleeps == []  # taken at the first try
     assert (known_index / LOCK_NAME).read_text().strip() == str(os.getpid())
     assert stored(known_index, "after-kill")
     assert consistent(known_index) == (len(KNOWN) + 1, len(KNOWN) + 1)
