@@ -8,6 +8,7 @@ non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import sys
 import time
@@ -56,11 +57,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {message}", err=True)
 
 
+class _NoticeHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
+def _show_notices() -> None:
+    """One-line notices of the library (e.g. a model prepared for ONNX Runtime) on standard error."""
+    logger = logging.getLogger("semsearch")
+    if not any(isinstance(h, _NoticeHandler) for h in logger.handlers):
+        logger.addHandler(_NoticeHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 class SemsearchGroup(click.Group):
     """Turns user errors (SemsearchError, missing files, interrupts) into one line and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         warnings.showwarning = _show_warning
+        _show_notices()
         try:
             return super().invoke(ctx)
         except SemsearchError as exc:
@@ -98,11 +114,15 @@ def wait_option(f):
 
 
 def model_options(default_layer: int | None = options.DEFAULT_LAYER):
-    """--model/--layer/--pooling/--max-length/--precision (None defaults mean: keep what is recorded)."""
+    """--model/--layer/--pooling/--max-length/--precision/--backend (None defaults mean: keep what is recorded)."""
     def decorate(f):
+        f = click.option("--backend", type=click.Choice(options.BACKENDS), default=None,
+                         help="Inference backend (default auto: whichever of ONNX Runtime and PyTorch is faster "
+                              "for this model on this machine, measured once and cached).")(f)
         f = click.option("--precision", type=click.Choice(options.PRECISIONS), default=None,
                          help="Arithmetic for encoding (default auto: bf16 on CPUs with bf16 instructions, fp16 on "
-                              "CUDA, when a probe shows vectors within cosine 0.999 of fp32; else fp32).")(f)
+                              "CUDA, when a probe shows vectors within cosine 0.999 of fp32; else fp32). "
+                              "int8 (opt-in, CPU, ONNX Runtime) is refused below cosine 0.99 to fp32.")(f)
         f = click.option("--max-length", type=int, default=None,
                          help="Tokens per model input, special tokens included (default: the model's, 256 for the embedded one).")(f)
         f = click.option("--pooling", type=click.Choice(options.POOLINGS),
@@ -210,7 +230,7 @@ def index_group() -> None:
               help="Texts per model call.")
 @source_options
 @quiet_option
-def index_build(sources, index_path, force, model, layer, pooling, max_length, precision,
+def index_build(sources, index_path, force, model, layer, pooling, max_length, precision, backend,
                 passage_overlap, index_type, batch_size, id_field, text_field, fmt, strict, quiet) -> None:
     """Create an index from SOURCES (JSONL, CSV, TSV, .txt/.md files, folders, or - for stdin).
 
@@ -227,11 +247,22 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
     started = time.monotonic()
     index, result = Index.build(
         index_path, docs, force=force, progress=progress, model=model, layer=layer, pooling=pooling,
-        max_length=max_length, passage_overlap=passage_overlap, precision=precision, batch_size=batch_size,
+        max_length=max_length, passage_overlap=passage_overlap, precision=precision, backend=backend,
+        batch_size=batch_size,
         index_type=index_type,
     )
     progress.finish()
     _report_add(result, index_path, time.monotonic() - started, report)
+    _report_int8(index)
+
+
+def _report_int8(index) -> None:
+    """int8 is opt-in and approximate: say how close it came to fp32."""
+    if index.config.get("precision") == "int8":
+        from index.precision import MIN_INT8_COSINE
+
+        click.echo(f"int8: lowest cosine to fp32 on the probe texts {index.encoder.export_cosine:.5f} "
+                   f"(refused below {MIN_INT8_COSINE})", err=True)
 
 
 @index_group.command("add")
@@ -289,7 +320,7 @@ def index_delete(ids, index_path, wait) -> None:
               help="Texts per model call.")
 @quiet_option
 @wait_option
-def index_rebuild(index_path, model, layer, pooling, max_length, precision, passage_overlap,
+def index_rebuild(index_path, model, layer, pooling, max_length, precision, backend, passage_overlap,
                   index_type, batch_size, quiet, wait) -> None:
     """Re-encode every stored document, optionally with another model, layer or pooling.
 
@@ -304,9 +335,11 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, pass
     index = Index.open(index_path, batch_size=batch_size, wait=wait)
     progress = Progress("re-encoding documents", total=index.store.counts()[0], quiet=quiet)
     result = index.rebuild(model=model, layer=layer, pooling=pooling, max_length=max_length,
-                           passage_overlap=passage_overlap, precision=precision, index_type=index_type,
+                           passage_overlap=passage_overlap, precision=precision, backend=backend,
+                           index_type=index_type,
                            progress=progress)
     progress.finish()
+    _report_int8(index)
     cfg = index.config
     click.echo(f"{index_path}: {result.documents} documents ({result.passages} passages) "
                f"with {cfg['model']}, layer {cfg['layer']}, {cfg['pooling']} pooling, "
@@ -446,7 +479,7 @@ def _snippet(text: str, width: int = 100) -> str:
               help="Texts per model call.")
 @source_options
 @quiet_option
-def embed(texts, input_path, model, layer, pooling, max_length, precision, batch_size,
+def embed(texts, input_path, model, layer, pooling, max_length, precision, backend, batch_size,
           id_field, text_field, fmt, strict, quiet) -> None:
     """Print sentence vectors as JSON lines: {"id": ..., "vector": [...]}, in input order.
 
@@ -472,7 +505,7 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, batch
         items = [(d.id, d.text) for d in docs]
         _report_reading(report)
     encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
-                           batch_size=batch_size, precision=precision)
+                           batch_size=batch_size, precision=precision, backend=backend)
     progress = Progress("encoding texts", total=len(items), quiet=quiet)
     vectors = encoder.encode([t for _, t in items], progress=progress)
     progress.finish()

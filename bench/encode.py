@@ -4,17 +4,25 @@ Both sides encode the same texts with the same model folder (the embedded
 all-MiniLM-L6-v2), the same max length and the same torch thread count.
 sentence-transformers runs ``encode(texts, batch_size=32)`` (its last layer);
 semsearch runs its product default (layer -2, mean pooling) in each requested
-precision and batch size. Two workloads from ../shared/data: the first 1,000
-SciFact abstracts (long) and the unique STSb test sentences (short).
+precision, backend (auto, onnx, torch) and batch size. When sentence-transformers'
+own ONNX backend is installed (``pip install 'sentence-transformers[onnx]'``),
+it is a second peer (``SentenceTransformer(folder, backend="onnx")``). Two
+workloads from ../shared/data: the first 1,000 SciFact abstracts (long) and
+the unique STSb test sentences (short).
 
 Each repetition times sentence-transformers and every semsearch configuration
 back to back, the order reversed every other repetition, and the table reports
 medians. Accuracy: the minimum cosine between each configuration's vectors and
 the slow fp32 reference (``index.reference.reference_vectors``, same layer and pooling)
-on a sample of at most 200 texts per workload. Prints a table and one JSON line.
+on a sample of at most 200 texts per workload. For int8, the spread that
+batching causes (activations are quantised per batch): the lowest cosine
+between a text's vector encoded in its batch and alone. It also measures the
+CPU's fp32 matrix-multiply rate (2048², the thread count) and reports what
+fraction of it each configuration reaches in useful FLOPs. Prints the CPU, a
+table and one JSON line.
 
     python bench/encode.py --quick
-    python bench/encode.py --precision fp32 bf16 auto --batch-size 16 32 --threads 2
+    python bench/encode.py --precision auto int8 --backend auto torch onnx --batch-size 16 32
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from index.encoder import Encoder  # noqa: E402
-from index.options import DEFAULT_BATCH_SIZE, PRECISIONS  # noqa: E402
+from index.errors import SemsearchError  # noqa: E402
+from index.options import BACKENDS, DEFAULT_BATCH_SIZE, PRECISIONS  # noqa: E402
 from index.precision import choose_precision  # noqa: E402
 from index.reference import reference_vectors  # noqa: E402
 
@@ -82,6 +91,50 @@ def device_name(device: str) -> str:
     return platform.processor() or "cpu"
 
 
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """The fp32 matrix-multiply rate of this CPU at ``threads`` threads (the bound for long texts)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def useful_gflop(encoder: Encoder, texts: list[str]) -> float:
+    """FLOPs of the encoder's layers on ``texts`` (linear layers and attention, as truncated)."""
+    d = encoder.dimension
+    ff = 4 * d  # BERT's intermediate size
+    layers = encoder.layer_index
+    total = 0.0
+    for ids in encoder.tokenizer.ids(texts):
+        t = min(len(ids), encoder.window) + encoder.n_special
+        total += layers * (2 * t * (4 * d * d + 2 * d * ff) + 4 * t * t * d)
+    return total / 1e9
+
+
+def st_onnx_peer(folder: str, max_length: int):
+    """sentence-transformers with its own ONNX backend, exported from the same folder; None if not installed."""
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(folder, backend="onnx", device="cpu")
+    except Exception as exc:  # the extra is missing, or its versions clash with this environment
+        print(f"note: sentence-transformers' ONNX backend is not available here ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); it is left out", file=sys.stderr)
+        return None
+    model.max_seq_length = max_length
+    return lambda texts: model.encode(texts, batch_size=32, show_progress_bar=False)
+
+
+def batch_spread(encoder: Encoder, texts: list[str]) -> float:
+    """Lowest cosine between each text's vector encoded with the others and alone."""
+    together = encoder.encode(texts, warn=False)
+    alone = np.stack([encoder.encode([t], warn=False)[0] for t in texts])
+    return float((together * alone).sum(axis=1).min())
+
+
 def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     vectors = fn(texts)
@@ -91,6 +144,7 @@ def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS)
+    parser.add_argument("--backend", nargs="+", default=["auto"], choices=BACKENDS)
     parser.add_argument("--batch-size", type=int, nargs="+", default=[DEFAULT_BATCH_SIZE])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 2)")
@@ -110,11 +164,15 @@ def main() -> int:
         "scifact": load_abstracts(args.data / SCIFACT, 200 if args.quick else 1000),
         "stsb": load_sentences(args.data / STSB, 500 if args.quick else None),
     }
-    configs = {
-        f"semsearch {p} b{b}": Encoder.load(layer=-2, pooling="mean", precision=p, batch_size=b,
-                                             device=args.device)
-        for p in args.precision for b in args.batch_size
-    }
+    configs: dict[str, Encoder] = {}
+    for p in args.precision:
+        for k in args.backend:
+            for b in args.batch_size:
+                try:
+                    configs[f"semsearch {p} {k} b{b}"] = Encoder.load(
+                        layer=-2, pooling="mean", precision=p, batch_size=b, device=args.device, backend=k)
+                except SemsearchError as exc:  # e.g. int8 on the torch backend
+                    print(f"note: precision {p} with backend {k} left out: {exc}", file=sys.stderr)
     first = next(iter(configs.values()))
     reference = Encoder.load(layer=-2, pooling="mean", precision="fp32", device=args.device)
     st = SentenceTransformer(first.model_path, device=first.device)
@@ -124,7 +182,11 @@ def main() -> int:
         return st.encode(texts, batch_size=32, show_progress_bar=False)
 
     sides: dict[str, Callable[[list[str]], np.ndarray]] = {"sentence-transformers": st_encode}
+    st_onnx = st_onnx_peer(first.model_path, first.max_length) if first.device == "cpu" else None
+    if st_onnx is not None:
+        sides["sentence-transformers onnx"] = st_onnx
     sides.update({name: enc.encode for name, enc in configs.items()})
+    peak = matmul_gflops(torch.get_num_threads())
 
     results: dict[str, dict] = {}
     for workload, texts in workloads.items():
@@ -141,15 +203,22 @@ def main() -> int:
         sample = list(range(0, len(texts), step))[:SAMPLE]
         ref = reference_vectors(reference, [texts[i] for i in sample])
         st_rate = statistics.median(runs["sentence-transformers"])
+        gflop = useful_gflop(first, texts)
         rows: dict[str, dict] = {}
         for name, rates in runs.items():
             rate = statistics.median(rates)
             row = {"docs_per_s": round(rate, 2), "ratio_vs_st": round(rate / st_rate, 3),
                    "min_cosine": None, "runs": [round(r, 2) for r in rates]}
+            if "sentence-transformers onnx" in runs:
+                row["ratio_vs_st_onnx"] = round(rate / statistics.median(runs["sentence-transformers onnx"]), 3)
             if name in configs:
+                enc = configs[name]
                 cos = (vectors[name][sample] * ref).sum(axis=1)
-                row.update(precision=configs[name].precision, batch_size=configs[name].batch_size,
-                           min_cosine=round(float(cos.min()), 6))
+                row.update(precision=enc.precision, backend=enc.backend, batch_size=enc.batch_size,
+                           min_cosine=round(float(cos.min()), 6),
+                           peak_fraction=round(gflop * rate / len(texts) / peak, 3))
+                if enc.precision == "int8":
+                    row["batch_spread_min_cosine"] = round(batch_spread(enc, [texts[i] for i in sample[:64]]), 6)
             rows[name] = row
         results[workload] = {"docs": len(texts), "cosine_sample": len(sample), "sides": rows}
 
@@ -159,18 +228,22 @@ def main() -> int:
         "threads": torch.get_num_threads(), "auto_precision": choose_precision("auto", first.device),
         "model": first.model_name, "max_length": first.max_length, "layer": first.layer,
         "pooling": first.pooling, "repeats": repeats, "quick": args.quick,
+        "matmul_gflops": round(peak, 1),
     }
     print(f"cpu: {cpu_line(info)}")
     print(f"device: {info['device']} ({info['device_kind']}), torch {info['torch']}, "
           f"{info['threads']} threads, auto -> {info['auto_precision']}, max length {info['max_length']}, "
-          f"{repeats} repeats (medians)")
-    print(f"{'workload':<9} {'docs':>5} {'config':<28} {'docs/s':>9} {'vs ST':>7} {'min cos':>9}")
+          f"{repeats} repeats (medians); fp32 matmul {peak:.0f} GFLOP/s")
+    print(f"{'workload':<9} {'docs':>5} {'config':<40} {'docs/s':>9} {'vs ST':>7} {'min cos':>9} {'of peak':>8}")
     for workload, res in results.items():
         for name, row in res["sides"].items():
-            label = name if "precision" not in row else f"{name} ({row['precision']})"
+            label = name if "precision" not in row else f"{name} ({row['backend']} {row['precision']})"
             cos = "-" if row["min_cosine"] is None else f"{row['min_cosine']:.5f}"
-            print(f"{workload:<9} {res['docs']:>5} {label:<28} {row['docs_per_s']:>9.1f} "
-                  f"{row['ratio_vs_st']:>6.2f}x {cos:>9}")
+            share = f"{row['peak_fraction']:.0%}" if "peak_fraction" in row else "-"
+            print(f"{workload:<9} {res['docs']:>5} {label:<40} {row['docs_per_s']:>9.1f} "
+                  f"{row['ratio_vs_st']:>6.2f}x {cos:>9} {share:>8}")
+            if "batch_spread_min_cosine" in row:
+                print(f"{'':<16}int8 vector in its batch against alone: lowest cosine {row['batch_spread_min_cosine']:.5f}")
     print(json.dumps({"benchmark": "encode", **info, "workloads": results}))
     return 0
 

@@ -14,17 +14,21 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "am
 
 
 def cpu_info() -> dict:
-    model, flags = platform.processor() or "unknown", set()
+    model, flags, family = platform.processor() or "unknown", set(), {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("model name") and model in ("unknown", platform.processor()):
                     model = line.split(":", 1)[1].strip()
+                elif line.split(":")[0].strip() in ("cpu family", "model") and line.split(":")[0].strip() not in family:
+                    family[line.split(":")[0].strip()] = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
+    if family:  # "AMD EPYC" alone does not tell Zen 1 from Zen 4
+        model = f"{model} (family {family.get('cpu family', '?')}, model {family.get('model', '?')})"
     return {"cpu": model, "cpu_flags": [f for f in FLAGS if f in flags], "cpus": os.cpu_count()}
 
 

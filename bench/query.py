@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 from index import Index  # noqa: E402
+from index.options import BACKENDS, PRECISIONS  # noqa: E402
 from index.sources import read_documents  # noqa: E402
 from search import Searcher  # noqa: E402
 from search.evaluation import load_queries  # noqa: E402
@@ -92,22 +93,45 @@ def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]],
     searcher = Searcher(path, ef_search=ef_search, nprobe=nprobe)
     searcher.search(queries[0], k=10)  # loads the model and the FAISS file
     encoder = searcher.encoder
-    total, embed, found = [], [], []
+    total, embed, search, found = [], [], [], []
     for q in queries:
         t0 = time.perf_counter()
         hits = searcher.search(q, k=10)
         total.append(time.perf_counter() - t0)
         t1 = time.perf_counter()
-        encoder.encode([q])
+        vector = encoder.encode([q])
         embed.append(time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        searcher.search_vectors(vector, k=10)
+        search.append(time.perf_counter() - t2)
         found.append([h.id for h in hits])
     recall = statistics.mean(len(set(f) & set(e)) / max(1, len(e)) for f, e in zip(found, exact))
     ms = lambda xs, p: 1000 * float(np.percentile(xs, p))  # noqa: E731
     return {"type": kind, "vector_index": searcher.index.info().vector_index, "build_s": round(build_s, 1),
             "p50_ms": round(ms(total, 50), 2), "p99_ms": round(ms(total, 99), 2),
             "embed_p50_ms": round(ms(embed, 50), 2),
-            "search_fetch_p50_ms": round(ms(total, 50) - ms(embed, 50), 2),
+            "search_fetch_p50_ms": round(ms(search, 50), 2),
             "recall_at_10": round(recall, 4), "queries": len(queries)}
+
+
+def import_profile(path: Path) -> dict:
+    """``python -X importtime`` of a whole `semsearch query` process: the import seconds in all, the
+    slowest top-level imports, and whether torch or transformers were imported at all."""
+    import subprocess
+
+    code = "from cli import main; main()"
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code, "query", "reset my password",
+                          "--index", str(path), "-k", "3"], cwd=ROOT, check=True, capture_output=True, text=True)
+    rows = []
+    for line in out.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line:
+            _, cumulative, name = line[len("import time:"):].split("|")
+            rows.append((int(cumulative), name.rstrip()))
+    top = [(c, n.strip()) for c, n in rows if not n.startswith("  ")]  # imported by the program itself
+    names = {n.strip() for _, n in rows}
+    return {"import_s": round(sum(c for c, _ in top) / 1e6, 3),
+            "slowest_imports": [{"module": n, "s": round(c / 1e6, 3)} for c, n in sorted(top, reverse=True)[:6]],
+            "imports_torch": "torch" in names, "imports_transformers": "transformers" in names}
 
 
 def startup_seconds(path: Path, runs: int = 3) -> dict:
@@ -124,7 +148,7 @@ def startup_seconds(path: Path, runs: int = 3) -> dict:
     query = statistics.median(timed(["query", "reset my password", "--index", str(path), "-k", "3"])
                               for _ in range(runs))
     bare = statistics.median(timed(["--help"]) for _ in range(runs))
-    return {"query_process_s": round(query, 2), "help_process_s": round(bare, 2)}
+    return {"query_process_s": round(query, 2), "help_process_s": round(bare, 2), **import_profile(path)}
 
 
 def main() -> int:
@@ -141,6 +165,8 @@ def main() -> int:
                         help="synthetic vectors: random unit vectors, or noisy copies of the real documents' "
                              "vectors (hard neighbours: a stricter recall test)")
     parser.add_argument("--workdir", default=None, help="where to build the indexes (default: a temp folder)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="inference backend (default: auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="precision (default: auto)")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: StackFAQ data not found at {DATA}", file=sys.stderr)
@@ -151,7 +177,8 @@ def main() -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="semsearch-bench-"))
     path = work / "index"
     shutil.rmtree(path, ignore_errors=True)
-    index, _ = Index.build(path, read_documents([DATA / "corpus.jsonl"]))
+    index, _ = Index.build(path, read_documents([DATA / "corpus.jsonl"]), backend=args.backend,
+                           precision=args.precision)
     queries = [q.text for q in load_queries(DATA / "queries.jsonl") if q.text.strip()][:n_queries]
     qvecs = index.encoder.encode(queries)
     real = np.concatenate([v for _, v in index.store.iter_vectors(int(index.config["dimension"]))])
@@ -173,10 +200,9 @@ def main() -> int:
             else:
                 rows.append({"size": size, **measure(path, kind, queries, exact, args.ef_search, args.nprobe)})
             print(json.dumps(rows[-1]), file=sys.stderr)
-    info = {**cpu_info(), "python": platform.python_version(), "precision": index.config["precision"],
-            "filler": args.filler,
-            "startup": startup}
-    print(f"\nmachine: {cpu_line(info)}, precision {info['precision']}, filler vectors: {args.filler}")
+    info = {**cpu_info(), "python": platform.python_version(), "precision": index.encoder.precision,
+            "backend": index.encoder.backend, "filler": args.filler, "startup": startup}
+    print(f"\nmachine: {cpu_line(info)}; {info['backend']} {info['precision']}, filler vectors: {args.filler}")
     print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} {'build s':>8}")
     for r in rows:
         if "skipped" in r:
@@ -186,6 +212,9 @@ def main() -> int:
               f"{r['search_fetch_p50_ms']:>7.2f} {r['recall_at_10']:>9.4f} {r['build_s']:>8.1f}")
     print(f"semsearch query as a new process (imports, model load, one search) at {startup['passages']:,} "
           f"passages: {startup['query_process_s']} s; semsearch --help: {startup['help_process_s']} s")
+    print(f"its imports: {startup['import_s']} s (torch imported: {startup['imports_torch']}, transformers: "
+          f"{startup['imports_transformers']}); slowest: "
+          + ", ".join(f"{m['module']} {m['s']:.3f} s" for m in startup["slowest_imports"]))
     print(json.dumps({"benchmark": "query", **info, "results": rows}))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from . import options
 from .errors import ConfigMismatchError, ModelLoadError
 
-INFO_KEYS = ("model", "model_fingerprint", "layer", "pooling", "max_length", "precision")
+INFO_KEYS = ("model", "model_fingerprint", "layer", "pooling", "max_length", "precision", "backend")
 
 
 def embedded_model_path() -> Path:
@@ -54,6 +54,7 @@ class EncoderConfig:
     As a request (what a user asks for) ``fingerprint`` is None, ``max_length``
     may be None (the model's own) and ``precision`` may be ``auto``. A loaded
     encoder's config is resolved: every field set, ``precision`` the one in use.
+    ``backend`` stays as asked (``auto`` picks the faster one per machine).
     """
 
     model: str = options.EMBEDDED_MODEL
@@ -62,6 +63,7 @@ class EncoderConfig:
     max_length: int | None = None
     precision: str = field(default_factory=lambda: options.DEFAULT_PRECISION)  # read when made
     fingerprint: str | None = None
+    backend: str = field(default_factory=lambda: options.DEFAULT_BACKEND)  # auto, onnx or torch
 
     @classmethod
     def for_model(cls, model: str | os.PathLike | None = None, **settings: Any) -> "EncoderConfig":
@@ -84,6 +86,7 @@ class EncoderConfig:
         return {
             "model": self.model, "model_fingerprint": self.fingerprint, "layer": self.layer,
             "pooling": self.pooling, "max_length": self.max_length, "precision": self.precision,
+            "backend": self.backend,
         }
 
     @classmethod
@@ -92,11 +95,12 @@ class EncoderConfig:
             model=info["model"], layer=int(info["layer"]), pooling=info["pooling"],
             max_length=int(info["max_length"]), precision=info["precision"],
             fingerprint=info.get("model_fingerprint"),
+            backend=info.get("backend") or options.DEFAULT_BACKEND,  # indexes from before backends: auto
         )
 
     def merge(self, *, model: str | os.PathLike | None = None, layer: int | None = None,
               pooling: str | None = None, max_length: int | None = None,
-              precision: str | None = None) -> "EncoderConfig":
+              precision: str | None = None, backend: str | None = None) -> "EncoderConfig":
         """The request of a rebuild: unset values keep the recorded ones. Another model starts
         from its own max length (unless given) and from an unknown fingerprint."""
         merged = replace(
@@ -105,6 +109,7 @@ class EncoderConfig:
             pooling=self.pooling if pooling is None else pooling,
             max_length=self.max_length if max_length is None else max_length,
             precision=self.precision if precision is None else precision,
+            backend=self.backend if backend is None else backend,
         )
         if model is not None:
             merged = replace(merged, model=resolve_model(model)[0],

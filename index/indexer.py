@@ -57,6 +57,7 @@ class Index:
         max_length: int | None = None,
         passage_overlap: int | None = None,
         precision: str | None = None,
+        backend: str | None = None,
         index_type: str = options.DEFAULT_INDEX_TYPE,
         batch_size: int = options.DEFAULT_BATCH_SIZE,
         device: str | None = None,
@@ -75,7 +76,7 @@ class Index:
         folder.check_destination(path, force)
         registry.resolve_type(index_type, 0)  # validates the name before anything is written
         request = EncoderConfig.for_model(model, layer=layer, pooling=pooling, max_length=max_length,
-                                          precision=precision)
+                                          precision=precision, backend=backend)
         encoder = Encoder.for_config(request, batch_size=batch_size, device=device)
         if passage_overlap is None:
             passage_overlap = min(options.DEFAULT_PASSAGE_OVERLAP, encoder.window // 4)
@@ -182,7 +183,7 @@ class Index:
         """The encoder of a recorded configuration; refuses a model whose weights no longer match."""
         recorded = EncoderConfig.from_info(info)
         if self._encoder is None or self._encoder_config != recorded:
-            encoder = Encoder.for_config(recorded.request(), batch_size=self.batch_size, device=self.device)
+            encoder = Encoder.for_config(recorded, batch_size=self.batch_size, device=self.device)
             recorded.check_loaded(encoder.config, encoder.dimension, int(info["dimension"]), str(self.path))
             self._encoder, self._encoder_config = encoder, recorded
         return self._encoder
@@ -210,6 +211,7 @@ class Index:
                 layer=cfg["layer"], pooling=cfg["pooling"], dimension=cfg["dimension"],
                 max_length=cfg["max_length"], passage_tokens=cfg["passage_tokens"],
                 passage_overlap=cfg["passage_overlap"], precision=cfg["precision"],
+                backend=cfg.get("backend") or options.DEFAULT_BACKEND,
                 index_type=cfg.get("index_type", options.DEFAULT_INDEX_TYPE), vector_index=snap.vectors.describe(),
                 schema_version=SCHEMA_VERSION, generation=snap.generation, documents=docs, passages=passages,
                 vectors=snap.vectors.ntotal, complete=bool(cfg.get("complete", True)),
@@ -260,6 +262,7 @@ class Index:
         max_length: int | None = None,
         passage_overlap: int | None = None,
         precision: str | None = None,
+        backend: str | None = None,
         index_type: str | None = None,
         progress: Progress | None = None,
     ) -> RebuildResult:
@@ -272,11 +275,12 @@ class Index:
         if index_type is not None:
             registry.resolve_type(index_type, 0)  # validates the name
         only_type = index_type is not None and all(
-            v is None for v in (model, layer, pooling, max_length, passage_overlap, precision))
+            v is None for v in (model, layer, pooling, max_length, passage_overlap, precision, backend))
         with self.writer() as writer:
             if only_type:
                 return writer.reindex(index_type)
             request = EncoderConfig.from_info(self.config).merge(
-                model=model, layer=layer, pooling=pooling, max_length=max_length, precision=precision)
+                model=model, layer=layer, pooling=pooling, max_length=max_length, precision=precision,
+                backend=backend)
             return writer.rebuild(request, passage_overlap=passage_overlap, index_type=index_type,
                                   progress=progress)

@@ -1,24 +1,20 @@
-"""Loading a transformers model for the encoder, and what is read off the loaded model.
+"""Loading a transformers model for the torch backend (and for the ONNX export), and its fingerprint.
 
 Owns ``load_model`` (tokenizer + model from a folder or a Hugging Face id, with
 transformers' logging silenced and every failure raised as ``ModelLoadError``),
-``model_fingerprint`` (recorded by indexes: its algorithm must not change),
-the tokenizer facts (``special_tokens``, ``decomposes_hangul``), the checks of
-the requested layer and max length, and ``drop_unused_layers`` (the layers
-above the pooled one and the pooler are never computed).
+``model_fingerprint`` (recorded by indexes: its algorithm must not change) and
+``drop_unused_layers`` (the layers above the pooled one and the pooler are
+never computed). What needs no loading is in ``model_files``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import torch
 
-from . import options
-from .errors import ModelLoadError, SemsearchError
-from .text import is_jamo_piece
+from .errors import ModelLoadError
 
 
 def load_model(model_name: str, model_path: str):
@@ -63,50 +59,6 @@ def model_fingerprint(model, tokenizer) -> str:
             h.update(str(tuple(tensor.shape)).encode())
             h.update(flat[::step].contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after a single text (for BERT: [CLS] and [SEP])."""
-    content = tokenizer("x", add_special_tokens=False)["input_ids"]
-    full = tokenizer("x", add_special_tokens=True)["input_ids"]
-    for i in range(len(full) - len(content) + 1):
-        if full[i : i + len(content)] == content:
-            return list(full[:i]), list(full[i + len(content) :])
-    raise ModelLoadError("cannot work out the tokenizer's special tokens")
-
-
-def decomposes_hangul(tokenizer) -> bool:
-    """True when the tokenizer turns the syllable 배 into jamo pieces (the NFD accent-strip trap)."""
-    return any(is_jamo_piece(tok) for tok in tokenizer.tokenize("배"))
-
-
-def check_layer(layer: int, num_layers: int) -> int:
-    """``layer`` when it indexes ``hidden_states`` (embeddings + one entry per layer), else an error."""
-    n = num_layers + 1
-    if not -n <= layer < n:
-        raise SemsearchError(
-            f"layer {layer} is out of range for this model: it has {num_layers} layers, "
-            f"so choose from {-n} to {n - 1}"
-        )
-    return layer
-
-
-def resolve_max_length(requested: int | None, model_path: str, model_config, n_special: int) -> int:
-    """Tokens per model input: ``requested``, else the folder's sentence_bert_config.json
-    ``max_seq_length``, else ``options.DEFAULT_MAX_LENGTH``; at most the model's
-    ``max_position_embeddings`` and more than the ``n_special`` special tokens."""
-    limit = int(getattr(model_config, "max_position_embeddings", 512) or 512)
-    if requested is None:
-        requested = options.DEFAULT_MAX_LENGTH
-        st_config = Path(model_path) / "sentence_bert_config.json"
-        if st_config.is_file():
-            try:
-                requested = int(json.loads(st_config.read_text())["max_seq_length"])
-            except (ValueError, KeyError, TypeError):
-                pass
-    if requested <= n_special:
-        raise SemsearchError(f"max length {requested} leaves no room for text")
-    return min(int(requested), limit)
 
 
 def drop_unused_layers(model, num_layers: int, layer_index: int) -> bool:

@@ -9,12 +9,16 @@ has shipped.
 
 from __future__ import annotations
 
-import sqlite_utils
+import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import sqlite_utils
 
 MIGRATIONS_TABLE = "migrations"
 
 
-def create_passages_table(db: sqlite_utils.Database, table: str) -> None:
+def create_passages_table(db: "sqlite_utils.Database", table: str) -> None:
     """A passages table (``passages``, or ``passages_next`` while a rebuild fills it)."""
     db.execute(
         f"""CREATE TABLE [{table}] (
@@ -30,7 +34,7 @@ def create_passages_table(db: sqlite_utils.Database, table: str) -> None:
     db.execute(f"CREATE INDEX [idx_{table}_document] ON [{table}] (document_id, ord)")
 
 
-def m001_initial(db: sqlite_utils.Database) -> None:
+def m001_initial(db: "sqlite_utils.Database") -> None:
     db.execute(
         """CREATE TABLE documents (
             id TEXT PRIMARY KEY,
@@ -51,20 +55,21 @@ MIGRATIONS = [(m001_initial, "_m001_initial")]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def version(db: sqlite_utils.Database) -> int | None:
+def version(conn: sqlite3.Connection) -> int | None:
     """The applied schema version; 0 for an empty database; None when the file holds
-    tables but no migrations record (not a semsearch index)."""
-    tables = db.table_names()
+    tables but no migrations record (not a semsearch index). Plain sqlite3, so that
+    opening an index to read it does not import sqlite-utils."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if MIGRATIONS_TABLE not in tables:
         return None if tables else 0
-    row = db.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").fetchone()
+    row = conn.execute(f"SELECT max(version) FROM {MIGRATIONS_TABLE}").fetchone()
     return int(row[0] or 0)
 
 
-def apply(db: sqlite_utils.Database, applied_at: str) -> None:
+def apply(db: "sqlite_utils.Database", applied_at: str) -> None:
     """Apply the migrations this database has not seen; call inside a transaction."""
     db.execute(f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)")
-    done = version(db) or 0
+    done = version(db.conn) or 0
     for number, (migration, name) in enumerate(MIGRATIONS, start=1):
         if number > done:
             migration(db)

@@ -17,8 +17,10 @@ EMBEDDED_MODEL = "embedded:all-MiniLM-L6-v2"  # recorded name of the model shipp
 DEFAULT_LAYER = -2  # hidden_states[-2]: the bert-as-service default
 POOLINGS = ("mean", "max", "cls")
 DEFAULT_POOLING = "mean"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEFAULT_PRECISION = "auto"  # bf16/fp16 where the hardware has it and the accuracy probe passes
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DEFAULT_PRECISION = "auto"  # bf16/fp16 where the hardware has it and the accuracy probe passes; int8 is opt-in
+BACKENDS = ("auto", "onnx", "torch")  # inference: ONNX Runtime, PyTorch, or the faster one on this machine
+DEFAULT_BACKEND = "auto"
 DEFAULT_MAX_LENGTH = 256  # tokens per model input when the model folder does not say
 DEFAULT_BATCH_SIZE = 16  # long texts per model call on the CPU; short texts share the token budget
 

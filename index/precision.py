@@ -1,25 +1,23 @@
-"""The precision policy: which float type the model runs in, and the accuracy probe.
+"""The precision policy: which arithmetic the model runs in, and the accuracy probe's texts.
 
 Owns ``choose_precision`` (``auto`` -> fp16 on CUDA, bf16 on a CPU with bf16
-instructions, else fp32), ``cpu_supports_bf16``, the torch dtype of each
-precision (``DTYPES``), and ``probe_reduced_precision``: under ``auto`` a
-reduced precision is kept only when the vectors of ``PROBE_TEXTS`` stay within
-``MIN_PROBE_COSINE`` of fp32. The choices are ``options.PRECISIONS``.
+instructions, else fp32; ``int8`` only on the CPU, through ONNX Runtime),
+``cpu_supports_bf16``, ``PROBE_TEXTS`` and the thresholds: under ``auto`` a
+reduced float precision is kept only when the probe texts' vectors stay
+within ``MIN_PROBE_COSINE`` of fp32; int8 is refused below
+``MIN_INT8_COSINE``; an exported graph must reach ``MIN_EXPORT_COSINE``.
+No torch here: the backends apply the policy.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Callable, Sequence
-
-import numpy as np
-import torch
-
 from . import options
 from .errors import SemsearchError
 
-MIN_PROBE_COSINE = 0.999
-# Varied texts (short, long, Korean, numbers) for the reduced-precision accuracy probe.
+MIN_PROBE_COSINE = 0.999  # bf16/fp16 under auto
+MIN_EXPORT_COSINE = 0.9999  # an fp32 ONNX graph against the fp32 reference
+MIN_INT8_COSINE = 0.99  # --precision int8 is refused below this
+# Varied texts (short, long, Korean, numbers) for the accuracy probes.
 PROBE_TEXTS = [
     "How do I reset my password?",
     "The bank raised its interest rates again this quarter.",
@@ -28,22 +26,22 @@ PROBE_TEXTS = [
     "Mitochondrial dysfunction in 12 of 40 patients (30%) was associated with p < 0.01.",
     " ".join(["A long paragraph about gardening, soil, compost and tomatoes."] * 20),
 ]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-log = logging.getLogger(__name__)
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def choose_precision(precision: str, device: str) -> str:
@@ -53,29 +51,9 @@ def choose_precision(precision: str, device: str) -> str:
     if precision != "auto":
         if precision == "fp16" and device == "cpu":
             raise SemsearchError("fp16 is only supported on a CUDA device; use bf16 or fp32 on the CPU")
+        if precision == "int8" and device != "cpu":
+            raise SemsearchError("int8 runs on the CPU (ONNX Runtime); use fp16 on a CUDA device")
         return precision
     if device.startswith("cuda"):
         return "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-def probe_reduced_precision(
-    model: torch.nn.Module,
-    encode: Callable[[Sequence[str]], np.ndarray],
-    precision: str,
-) -> tuple[str, float]:
-    """Cast an fp32 ``model`` to ``precision`` if that reproduces its fp32 vectors.
-
-    ``encode`` turns texts into vectors with ``model`` as it is at the time of
-    the call. Returns ``(precision in use, lowest cosine to fp32 on PROBE_TEXTS)``;
-    the model is cast back to fp32 when that cosine is below ``MIN_PROBE_COSINE``.
-    """
-    reference = encode(PROBE_TEXTS)
-    model.to(dtype=DTYPES[precision])
-    reduced = encode(PROBE_TEXTS)
-    cosine = float((reference * reduced).sum(axis=1).min())
-    if cosine < MIN_PROBE_COSINE:
-        log.info("keeping fp32: %s vectors reached cosine %.5f only", precision, cosine)
-        model.to(dtype=torch.float32)
-        return "fp32", cosine
-    return precision, cosine

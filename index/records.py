@@ -64,6 +64,7 @@ class IndexInfo:
     passage_tokens: int
     passage_overlap: int
     precision: str
+    backend: str  # as asked: auto (the faster on each machine), onnx or torch
     index_type: str
     vector_index: str  # what the FAISS index is now (auto and untrained IVF resolve by size)
     schema_version: int

@@ -1,10 +1,11 @@
-"""Verification: the slow fp32 reference that the encoder's fast path must reproduce.
+"""Verification: the slow fp32 reference that every fast path must reproduce.
 
-The reference reloads the encoder's model in full (no dropped layers, fp32,
-transformers' own forward with ``output_hidden_states=True``) and encodes one
-text at a time, so there is no padding, no batching, no lean pass and no
-reduced precision: the same layer and pooling, truncated to the encoder's
-``max_length``. Used by ``semsearch index check`` and ``bench/encode.py``.
+The reference loads the model in full with transformers (its own tokenizer,
+no dropped layers, fp32, ``output_hidden_states=True``) and encodes one text
+at a time, so there is no padding, no batching, no lean pass, no exported
+graph and no reduced precision: the same layer and pooling, truncated to the
+same max length. Used to verify an ONNX export before it is cached, by
+``semsearch index check`` and by ``bench/encode.py``.
 
     from index.reference import reference_min_cosine
     assert reference_min_cosine(encoder) >= 0.999
@@ -15,9 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
-from .pooling import pool
 from .precision import PROBE_TEXTS
 from .text import normalize_text
 
@@ -25,24 +24,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from .encoder import Encoder
 
 
-def reference_vectors(encoder: "Encoder", texts: Sequence[str]) -> np.ndarray:
-    """fp32 vectors ``(len(texts), dimension)`` of ``texts`` from a fresh full copy of
-    ``encoder``'s model, one text at a time. Slow: meant for a sample."""
-    from transformers import AutoModel
+def hidden_state_vectors(model_path: str, texts: Sequence[str], layer: int, pooling: str, max_length: int,
+                         model=None, tokenizer=None) -> np.ndarray:
+    """fp32 vectors ``(len(texts), dimension)`` of ``texts`` from the full model at ``model_path``
+    (or the given full fp32 ``model`` and transformers ``tokenizer``), one text at a time."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
 
-    if not texts:
-        return np.empty((0, encoder.dimension), dtype=np.float32)
-    full = AutoModel.from_pretrained(encoder.model_path).eval()
+    from .pooling import pool
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
+    full = model if model is not None else AutoModel.from_pretrained(model_path).eval()
     rows = []
     with torch.inference_mode():
         for text in texts:
-            enc = encoder.tokenizer(
-                normalize_text(text), truncation=True, max_length=encoder.max_length,
-                return_tensors="pt",
-            )
-            hidden = full(**enc, output_hidden_states=True).hidden_states[encoder.layer]
-            rows.append(pool(hidden.float(), enc["attention_mask"], encoder.pooling)[0].numpy())
+            enc = tokenizer(normalize_text(text), truncation=True, max_length=max_length, return_tensors="pt")
+            hidden = full(**enc, output_hidden_states=True).hidden_states[layer]
+            rows.append(pool(hidden.float(), enc["attention_mask"], pooling)[0].numpy())
     return np.stack(rows).astype(np.float32)
+
+
+def reference_vectors(encoder: "Encoder", texts: Sequence[str]) -> np.ndarray:
+    """The reference vectors of ``texts`` for ``encoder``'s model, layer, pooling and max length."""
+    if not texts:
+        return np.empty((0, encoder.dimension), dtype=np.float32)
+    return hidden_state_vectors(encoder.model_path, texts, encoder.layer, encoder.pooling, encoder.max_length)
 
 
 def reference_min_cosine(encoder: "Encoder", texts: Sequence[str] = PROBE_TEXTS) -> float:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-import sqlite_utils
 
 from . import migrations
 from .errors import IndexCorruptError, SemsearchError
@@ -42,7 +41,17 @@ class MetadataStore:
     def __init__(self, path: Path, conn: sqlite3.Connection):
         self.path = path
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self._db = None
+
+    @property
+    def db(self):
+        """The connection as a ``sqlite_utils.Database`` (for schema work; imported on first use,
+        so that a process that only reads does not pay for it)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     # --- opening ------------------------------------------------------------
     @classmethod
@@ -80,7 +89,7 @@ class MetadataStore:
         return store
 
     def schema_version(self) -> int:
-        version = migrations.version(self.db)
+        version = migrations.version(self.conn)
         if version is None:
             raise IndexCorruptError(f"{self.path}: this SQLite file is not a semsearch index (no migrations table)")
         return version
@@ -329,7 +338,8 @@ class MetadataStore:
     # --- rebuild support -----------------------------------------------------------------
     def has_next_passages(self) -> bool:
         """True when an interrupted rebuild left its side table behind."""
-        return NEXT_TABLE in self.db.table_names()
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (NEXT_TABLE,)).fetchone() is not None
 
     def start_next_passages(self) -> None:
         """A fresh, empty side table for a rebuild (a leftover one is dropped)."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import string
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Exported ONNX graphs go to a cache of the tests' own (never the user's), kept between runs:
+# entries are keyed by model fingerprint and checked by hash, so a stale one is never used.
+# Child processes started by the tests inherit it.
+os.environ.setdefault("SEMSEARCH_CACHE", str(Path(tempfile.gettempdir()) / "semsearch-test-cache"))
 
 WORDS = """
 the a an of to and in is it you i my me we how do does can what where when why who
@@ -61,12 +67,14 @@ def make_tiny_bert(folder: Path, seed: int = 0, strip_accents: bool | None = Fal
 
 @pytest.fixture(autouse=True)
 def exact_arithmetic_for_unit_tests(request, monkeypatch):
-    """Unit tests compare vectors to 1e-5, so they use fp32; integration tests keep the
-    product default (auto: bf16 where the CPU has it)."""
+    """Unit tests compare vectors to 1e-5 and look inside the torch model, so they use fp32 on the
+    torch backend (tests/test_onnx.py covers ONNX Runtime); integration tests keep the product
+    default (auto precision and backend)."""
     if request.node.get_closest_marker("integration") is None:
         import index.options
 
         monkeypatch.setattr(index.options, "DEFAULT_PRECISION", "fp32")
+        monkeypatch.setattr(index.options, "DEFAULT_BACKEND", "torch")
 
 
 @pytest.fixture(scope="session")

@@ -231,6 +231,7 @@ def worker(cmd):
     import index.options
     from index.indexer import Index
     index.options.DEFAULT_PRECISION = "fp32"  # the checks compare vectors with fp32 references
+    index.options.DEFAULT_BACKEND = "torch"
     index.options.COMMIT_EVERY = cmd["commit_every"]
     hook = install_crash(cmd.get("crash"), cmd)
     say("start")

@@ -10,10 +10,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from index.config import resolve_model
 from index.encoder import Encoder
 from index.errors import ModelLoadError, SemsearchError
-from index.loading import decomposes_hangul
+from index.tokenizer import decomposes_hangul
 from index.pooling import pool
 
 TEXTS = [
@@ -101,7 +100,8 @@ def test_warns_when_tokenizer_splits_hangul_into_jamo(tiny_model_nfd):
 
 
 def test_no_hangul_warning_for_english_text(tiny_model_nfd):
-    enc = Encoder(*resolve_model(tiny_model_nfd))
+    Encoder.clear_cache()  # a fresh encoder: none of its warnings given yet
+    enc = Encoder.load(tiny_model_nfd)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         enc.encode(["plain english text"])

@@ -1,0 +1,154 @@
+"""The model cache: exported ONNX graphs, known fingerprints and backend choices, per user.
+
+Lives in ``$SEMSEARCH_CACHE`` (default ``$XDG_CACHE_HOME/semsearch`` or
+``~/.cache/semsearch``), never inside a model's folder:
+
+- ``graphs/<fingerprint>-l<layer>-t<max length>-<precision>-v<export version>/``:
+  ``model.onnx``, the ``tokenizer.json`` it was verified with, and ``meta.json``
+  (model facts, special tokens, the verification cosine, the graph's size
+  and SHA-256). An entry whose graph does not match its recorded size and
+  hash is removed and rebuilt, never used.
+- ``models/<hash of the folder path>.json``: the weights fingerprint of a local
+  model folder with the folder's ``model_files.signature`` and the
+  transformers version it was computed with, so a query can check an index's
+  recorded fingerprint without loading the model.
+- ``choices/<key>.json``: which backend ``auto`` measured faster on this CPU.
+
+Every file is written to a temporary name and renamed, so readers see whole
+entries or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .model_files import signature
+
+EXPORT_VERSION = 1  # of the exported graph (onnx_export): bump when it changes, so old graphs are not used
+
+
+def cache_root() -> Path:
+    if os.environ.get("SEMSEARCH_CACHE"):
+        return Path(os.environ["SEMSEARCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "semsearch"
+
+
+def transformers_version() -> str | None:
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a declared dependency
+        return None
+
+
+def graph_key(fingerprint: str, layer_index: int, max_length: int, precision: str) -> str:
+    return f"{fingerprint}-l{layer_index}-t{max_length}-{precision}-v{EXPORT_VERSION}"
+
+
+@dataclass
+class CachedGraph:
+    folder: Path
+    meta: dict[str, Any]
+    graph: bytes  # the ONNX model, read and verified
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.folder / "tokenizer.json"
+
+
+def load_graph(key: str) -> CachedGraph | None:
+    """The cached graph for ``key``, or None (absent, or damaged: then it is removed)."""
+    folder = cache_root() / "graphs" / key
+    meta_file = folder / "meta.json"
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        graph = (folder / "model.onnx").read_bytes()
+        whole = (len(graph) == meta["graph_bytes"] and hashlib.sha256(graph).hexdigest() == meta["graph_sha256"]
+                 and (folder / "tokenizer.json").is_file())
+    except (OSError, ValueError, KeyError):
+        whole = False
+    if not whole:
+        warnings.warn(f"the cached ONNX graph in {folder} is damaged; it is rebuilt", stacklevel=2)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return CachedGraph(folder, meta, graph)
+
+
+def store_graph(key: str, graph_file: Path, tokenizer_file: Path, meta: dict[str, Any]) -> CachedGraph:
+    """Put a verified graph in the cache (atomically: a whole entry or none)."""
+    root = cache_root() / "graphs"
+    root.mkdir(parents=True, exist_ok=True)
+    graph = Path(graph_file).read_bytes()
+    meta = {**meta, "graph_bytes": len(graph), "graph_sha256": hashlib.sha256(graph).hexdigest()}
+    staging = root / f".{key}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        (staging / "model.onnx").write_bytes(graph)
+        shutil.copyfile(tokenizer_file, staging / "tokenizer.json")
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        final = root / key
+        shutil.rmtree(final, ignore_errors=True)  # a damaged or concurrent entry: ours replaces it
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CachedGraph(final, meta, graph)
+
+
+def _model_record(model_path: str) -> Path:
+    digest = hashlib.sha256(str(Path(model_path).resolve()).encode()).hexdigest()[:24]
+    return cache_root() / "models" / f"{digest}.json"
+
+
+def known_fingerprint(model_path: str) -> str | None:
+    """The fingerprint computed for this folder's files as they are now (same transformers), or None."""
+    sig = signature(model_path)
+    if sig is None:
+        return None
+    try:
+        record = json.loads(_model_record(model_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("signature") != sig or record.get("transformers") != transformers_version():
+        return None
+    return record.get("fingerprint")
+
+
+def remember_fingerprint(model_path: str, fingerprint: str) -> None:
+    sig = signature(model_path)
+    if sig is None:
+        return
+    write_json(_model_record(model_path), {"path": str(Path(model_path).resolve()), "signature": sig,
+                                           "transformers": transformers_version(), "fingerprint": fingerprint})
+
+
+def load_choice(key: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((cache_root() / "choices" / f"{key}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def store_choice(key: str, record: dict[str, Any]) -> None:
+    write_json(cache_root() / "choices" / f"{key}.json", record)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically; a cache that cannot be written only costs speed, so failures are ignored."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -1,0 +1,48 @@
+"""The ONNX Runtime inference backend: padded token ids in, pooled sentence vectors out.
+
+An ``OnnxRunner`` runs a graph exported by ``onnx_export`` (the model up to
+the pooled layer, attention and layer norms fused) on the CPU and pools in
+numpy, so a query answered this way never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .pooling import pool_numpy
+
+
+def cpu_threads() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class OnnxRunner:
+    backend = "onnx"
+    lean = False
+    model = None  # no torch module
+
+    def __init__(self, graph: bytes, pooling: str, precision: str, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.pooling = pooling
+        self.precision = precision
+        self.device = "cpu"
+
+    def run(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Unit vectors ``(batch, dim)`` of padded ``(batch, tokens)`` int64 ids and attention mask."""
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        return pool_numpy(hidden, mask, self.pooling)

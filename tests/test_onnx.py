@@ -1,0 +1,278 @@
+"""The ONNX Runtime backend: export, verification, the model cache, int8, and a torch-free query.
+
+Unit tests run on the tiny random BERT with a cache of their own (``isolated_cache``);
+integration tests on the embedded model use the tests' shared cache (conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import Index, assemble, model_cache
+from index import precision as policy
+from index.encoder import Encoder
+from index.errors import ConfigMismatchError, SemsearchError
+from index.reference import reference_vectors
+from index.tokenizer import Tokenizer
+from search import Searcher
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "how do i reset my password",
+    "the bank of the river",
+    "a",
+    "배를 타고 바다로 갔다",
+    "the quick brown fox jumps over the lazy dog " * 3,
+]
+KOREAN = ["배를 타고 여행을 간다.", "추석에 먹은 배가 맛있었다.", "한국어 문장을 토큰으로 나눈다"]
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """A model cache of this test's own, and no encoder loaded before it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEMSEARCH_CACHE", str(cache))
+    Encoder.clear_cache()
+    yield cache
+    Encoder.clear_cache()
+
+
+def graphs(cache: Path) -> list[str]:
+    folder = cache / "graphs"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1)
+
+
+# --- every backend and precision within its tolerance of the fp32 reference --------------------
+@pytest.mark.parametrize("layer", [-2, -1, 1])
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
+def test_onnx_fp32_reproduces_the_reference(tiny_model, isolated_cache, layer, pooling):
+    enc = Encoder.load(tiny_model, layer=layer, pooling=pooling, precision="fp32", backend="onnx")
+    assert enc.backend == "onnx" and enc.model is None and enc.export_cosine >= policy.MIN_EXPORT_COSINE
+    got, want = enc.encode(TEXTS), reference_vectors(enc, TEXTS)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert cosines(got, want).min() >= policy.MIN_EXPORT_COSINE
+
+
+def test_int8_stays_within_its_tolerance(tiny_model, isolated_cache):
+    enc = Encoder.load(tiny_model, precision="int8", backend="auto")
+    assert (enc.backend, enc.precision) == ("onnx", "int8")
+    assert cosines(enc.encode(TEXTS), reference_vectors(enc, TEXTS)).min() >= policy.MIN_INT8_COSINE
+
+
+def test_int8_below_its_threshold_is_refused(tiny_model, isolated_cache, monkeypatch):
+    monkeypatch.setattr(policy, "MIN_INT8_COSINE", 1.01)
+    with pytest.raises(SemsearchError, match=r"int8 ONNX graph .* below 1.01"):
+        Encoder.load(tiny_model, precision="int8", backend="auto")
+    assert graphs(isolated_cache) == []  # nothing cached that failed its check
+
+
+def test_int8_and_bf16_ask_for_the_right_backend(tiny_model, isolated_cache):
+    with pytest.raises(SemsearchError, match="int8 runs on ONNX Runtime"):
+        Encoder.load(tiny_model, precision="int8", backend="torch")
+    with pytest.raises(SemsearchError, match="bf16 runs on the torch backend"):
+        Encoder.load(tiny_model, precision="bf16", backend="onnx")
+    with pytest.raises(SemsearchError, match="unknown backend"):
+        Encoder.load(tiny_model, backend="tensorrt")
+
+
+def test_a_graph_that_misses_the_reference_is_not_used(tiny_model, isolated_cache, monkeypatch):
+    monkeypatch.setattr(policy, "MIN_EXPORT_COSINE", 1.01)
+    with pytest.warns(UserWarning, match="below 1.01; using the torch backend"):
+        enc = Encoder.load(tiny_model, precision="fp32", backend="onnx")
+    assert enc.backend == "torch" and graphs(isolated_cache) == []
+
+
+# --- the cache ----------------------------------------------------------------------------------
+def test_the_cache_is_keyed_by_model_layer_and_precision(tiny_model, tiny_model_other, isolated_cache):
+    a = Encoder.load(tiny_model, layer=-2, precision="fp32", backend="onnx")
+    b = Encoder.load(tiny_model, layer=-1, precision="fp32", backend="onnx")
+    c = Encoder.load(tiny_model_other, layer=-2, precision="fp32", backend="onnx")
+    d = Encoder.load(tiny_model, layer=-2, precision="int8", backend="onnx")
+    names = graphs(isolated_cache)
+    assert len(names) == 4 and len({n.split("-")[0] for n in names}) == 2  # two fingerprints
+    assert any("-l2-" in n and n.endswith("-fp32-v1") for n in names) and any("-l3-" in n for n in names)
+    for enc in (a, b, c, d):  # each answers with its own model and layer, never another's graph
+        tolerance = policy.MIN_INT8_COSINE if enc.precision == "int8" else policy.MIN_EXPORT_COSINE
+        assert cosines(enc.encode(TEXTS), reference_vectors(enc, TEXTS)).min() >= tolerance
+    assert not np.allclose(a.encode(TEXTS), b.encode(TEXTS)) and not np.allclose(a.encode(TEXTS), c.encode(TEXTS))
+
+
+def test_overwritten_weights_never_reuse_the_old_graph(tiny_model, tiny_model_other, isolated_cache, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    before = Encoder.load(str(folder), precision="fp32", backend="onnx")
+    for weights in Path(tiny_model_other).glob("*.safetensors"):
+        shutil.copy(weights, folder / weights.name)
+    Encoder.clear_cache()  # a new process
+    after = Encoder.load(str(folder), precision="fp32", backend="onnx")
+    assert after.fingerprint != before.fingerprint and len(graphs(isolated_cache)) == 2
+    np.testing.assert_allclose(after.encode(TEXTS), reference_vectors(after, TEXTS), atol=1e-4)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_cached_graph_is_detected_and_rebuilt(tiny_model, isolated_cache, damage):
+    Encoder.load(tiny_model, precision="fp32", backend="onnx")
+    (name,) = graphs(isolated_cache)
+    graph = isolated_cache / "graphs" / name / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # the same size, other bytes: only the hash can tell
+        middle = len(data) // 2
+        data[middle : middle + 64] = bytes(64)
+    graph.write_bytes(bytes(data))
+    Encoder.clear_cache()
+    with pytest.warns(UserWarning, match="damaged; it is rebuilt"):
+        enc = Encoder.load(tiny_model, precision="fp32", backend="onnx")
+    assert enc.backend == "onnx" and graphs(isolated_cache) == [name]
+    np.testing.assert_allclose(enc.encode(TEXTS), reference_vectors(enc, TEXTS), atol=1e-4)
+    assert model_cache.load_graph(name) is not None  # whole again
+
+
+def test_auto_measures_once_and_then_uses_its_choice(tiny_model, isolated_cache, monkeypatch):
+    first = Encoder.load(tiny_model, precision="fp32", backend="auto")
+    choices = list((isolated_cache / "choices").glob("*.json"))
+    assert choices and json.loads(choices[0].read_text())["backend"] == first.backend
+    Encoder.clear_cache()
+
+    def no_measuring(encoder):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(assemble, "measure", no_measuring)
+    again = Encoder.load(tiny_model, precision="fp32", backend="auto")
+    assert again.backend == first.backend
+
+
+def test_a_changed_model_is_refused_before_anything_is_exported(tiny_model, tiny_model_other, isolated_cache,
+                                                                tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    index = Index.create(tmp_path / "idx", model=str(folder), backend="onnx")
+    index.add([{"id": "a", "text": "the bank of the river"}])
+    for weights in Path(tiny_model_other).glob("*.safetensors"):
+        shutil.copy(weights, folder / weights.name)
+    Encoder.clear_cache()
+    with pytest.raises(ConfigMismatchError, match="no longer matches"):
+        Searcher(tmp_path / "idx").search("river", k=1)
+    assert len(graphs(isolated_cache)) == 1  # the new weights were not exported
+
+
+# --- tokenisation without transformers ------------------------------------------------------------
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_model_nfd"])
+def test_the_tokenizers_library_gives_the_transformers_ids(which, request):
+    from transformers import AutoTokenizer
+
+    folder = request.getfixturevalue(which)
+    hf = AutoTokenizer.from_pretrained(folder)
+    ours = [Tokenizer.from_file(Path(folder) / "tokenizer.json"), Tokenizer.from_transformers(hf)]
+    for text in [*policy.PROBE_TEXTS, *KOREAN, *TEXTS]:
+        want = hf(text, add_special_tokens=False)
+        for tok in ours:
+            (got,) = tok.with_offsets([text])
+            assert got.ids.tolist() == want["input_ids"], text
+        assert ours[0].tokenize(text) == hf.tokenize(text)
+
+
+# --- a query that imports neither torch nor transformers --------------------------------------------
+QUERY = r'''
+import json, sys
+from cli import main
+sys.argv = ["semsearch", "query", sys.argv[1], "--index", sys.argv[2], "-k", "5", "--json"]
+try:
+    main()
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print(json.dumps(sorted(m for m in ("torch", "transformers") if m in sys.modules)), file=sys.stderr)
+'''
+
+
+def test_a_query_on_the_onnx_path_imports_no_torch_and_gives_the_torch_hits(tiny_model, tmp_path):
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS + KOREAN)]
+    Index.create(tmp_path / "idx", model=tiny_model, backend="onnx", precision="fp32").add(docs)
+    query = "the bank of the river"
+    out = subprocess.run([sys.executable, "-c", QUERY, query, str(tmp_path / "idx")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stderr.strip().splitlines()[-1]) == []  # neither was imported
+    served = json.loads(out.stdout)["hits"]
+    vector = Encoder.load(tiny_model, precision="fp32", backend="torch").encode([query])
+    by_torch = Searcher(tmp_path / "idx").search_vectors(vector, k=5)[0]
+    assert [h["id"] for h in served] == [h.id for h in by_torch]
+    np.testing.assert_allclose([h["score"] for h in served], [h.score for h in by_torch], atol=1e-5)
+
+
+# --- a model the export does not handle ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory) -> str:
+    """A RoBERTa (not a plain BERT) with the tiny BERT's tokenizer."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    from conftest import make_tiny_bert
+
+    folder = make_tiny_bert(tmp_path_factory.mktemp("tiny-roberta"))
+    vocab = len((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66, pad_token_id=0)
+    RobertaModel(config).eval().save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_model_that_cannot_be_exported_stays_on_torch(tiny_roberta, isolated_cache):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Encoder.load(tiny_roberta, precision="fp32", backend="auto").backend == "torch"
+    Encoder.clear_cache()
+    with pytest.warns(UserWarning, match="cannot be exported to ONNX.*using the torch backend"):
+        assert Encoder.load(tiny_roberta, precision="fp32", backend="onnx").backend == "torch"
+    with pytest.raises(SemsearchError, match="cannot be exported to ONNX.*int8 needs ONNX Runtime"):
+        Encoder.load(tiny_roberta, precision="int8", backend="auto")
+    assert graphs(isolated_cache) == []
+
+
+# --- the embedded model ---------------------------------------------------------------------------------
+REAL = ["How do I reset my password?", "Where can I download my invoices?", "I forgot my login secret",
+        "The bank raised its interest rates again this quarter.",
+        "Mitochondrial dysfunction was associated with p < 0.01 in 12 of 40 patients.",
+        "We sat on the river bank and watched the boats go by. " * 8]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("precision, backend, tolerance", [
+    ("fp32", "torch", 0.99999), ("fp32", "onnx", policy.MIN_EXPORT_COSINE), ("int8", "onnx", policy.MIN_INT8_COSINE),
+    ("auto", "auto", policy.MIN_PROBE_COSINE),
+])
+def test_every_backend_on_the_embedded_model(precision, backend, tolerance):
+    enc = Encoder.load(None, precision=precision, backend=backend)
+    assert cosines(enc.encode(REAL, warn=False), reference_vectors(enc, REAL)).min() >= tolerance
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cli_int8_build_reports_its_cosine_and_answers(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    runner = CliRunner()
+    built = runner.invoke(cli, ["index", "build", str(ROOT / "examples" / "faq.jsonl"), "--index",
+                                str(tmp_path / "q"), "--precision", "int8", "-q"])
+    assert built.exit_code == 0, built.output
+    assert "int8: lowest cosine to fp32 on the probe texts 0.99" in built.output
+    hits = Searcher(tmp_path / "q").search("I forgot my login secret", k=3)
+    assert hits[0].id == "faq1"
