@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 import sqlite3
 import sys
 import time
@@ -426,10 +427,15 @@ def index_repair(index_path, wait) -> None:
 @click.option("--where", multiple=True, metavar="KEY=VALUE", help="Only documents whose metadata KEY equals VALUE (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per query).")
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False),
-              help="Run every query of a BEIR queries.jsonl file; prints JSON lines.")
+              help="Run every query of a BEIR queries.jsonl file; prints JSON lines. Bad lines are reported "
+                   "as FILE:LINE on standard error and skipped (exit status 3).")
+@click.option("--server", envvar="SEMSEARCH_SERVER", default=None, metavar="URL",
+              help="Ask a running `semsearch serve` (e.g. http://127.0.0.1:8000) instead of opening the index "
+                   "(default: $SEMSEARCH_SERVER).")
 @search_options
 @quiet_option
-def query(text, index_path, k, where, as_json, queries_file, ef_search, nprobe, quiet) -> None:
+@click.pass_context
+def query(ctx, text, index_path, k, where, as_json, queries_file, server, ef_search, nprobe, quiet) -> None:
     """Find the documents that mean the same as TEXT.
 
     \b
@@ -437,32 +443,70 @@ def query(text, index_path, k, where, as_json, queries_file, ef_search, nprobe, 
       semsearch query "I forgot my login secret" -k 5
       semsearch query "refund" --where lang=en --json
       semsearch query --queries queries.jsonl --json > results.jsonl
+      semsearch query "refund" --server http://127.0.0.1:8000
     """
-    from search.searcher import Searcher
-
     if (text is None) == (queries_file is None):
         raise SemsearchError("give either a query TEXT or --queries FILE")
     filters = _parse_where(where)
-    searcher = Searcher(index_path, ef_search=ef_search, nprobe=nprobe)
+    engine = _query_engine(server, index_path, ef_search, nprobe)
     if queries_file:
-        from search.evaluation import load_queries
+        from search.beir import load_queries
 
-        queries = load_queries(queries_file)
+        problems: list[str] = []
+        queries = load_queries(queries_file, problems)
+        for problem in problems:
+            click.echo(f"skipped: {problem}", err=True)
+        skipped = len(problems)
         for start in range(0, len(queries), 256):
             chunk = queries[start : start + 256]
-            for q, hits in zip(chunk, searcher.search_many([q.text for q in chunk], k=k, where=filters)):
-                click.echo(_dump({"query_id": q.id, "query": q.text, "hits": [h.as_dict() for h in hits]}))
+            for q, outcome in zip(chunk, engine.search_many([q.text for q in chunk], k, filters)):
+                if outcome.get("error"):
+                    click.echo(f"skipped: {queries_file}: query {q.id}: {outcome['error']}", err=True)
+                    skipped += 1
+                    continue
+                click.echo(_dump({"query_id": q.id, "query": q.text, "hits": outcome["hits"]}))
+        if skipped:
+            click.echo(f"warning: {skipped} quer(ies) of {queries_file} skipped; the others were answered", err=True)
+            ctx.exit(3)
         return
-    hits = searcher.search(text, k=k, where=filters)
+    hits = engine.search(text, k, filters)
     if as_json:
-        click.echo(_dump({"query_id": None, "query": text, "hits": [h.as_dict() for h in hits]}))
+        click.echo(_dump({"query_id": None, "query": text, "hits": hits}))
         return
     if not hits:
         click.echo("no matching documents", err=True)
     for rank, hit in enumerate(hits, start=1):
-        click.echo(f"{rank:>2}. {hit.score:.4f}  {hit.id}  {_snippet(hit.text)}")
-        if hit.passage.start > 0 or hit.passage.end < len(hit.text):
-            click.echo(f"    passage {hit.passage.order} [{hit.passage.start}:{hit.passage.end}]: {_snippet(hit.passage.text)}")
+        click.echo(f"{rank:>2}. {hit['score']:.4f}  {hit['id']}  {_snippet(hit['text'])}")
+        passage = hit["passage"]
+        if passage["start"] > 0 or passage["end"] < len(hit["text"]):
+            click.echo(f"    passage {passage['order']} [{passage['start']}:{passage['end']}]: {_snippet(passage['text'])}")
+
+
+class _LocalEngine:
+    """`semsearch query` on an index folder; hits as the JSON dicts the server gives."""
+
+    def __init__(self, index_path, ef_search, nprobe):
+        from search.searcher import Searcher
+
+        self.searcher = Searcher(index_path, ef_search=ef_search, nprobe=nprobe)
+
+    def search(self, text, k, where):
+        return [h.as_dict() for h in self.searcher.search(text, k=k, where=where)]
+
+    def search_many(self, texts, k, where):
+        from search.searcher import SearchRequest
+
+        return [o.as_dict() for o in self.searcher.search_batch([SearchRequest(t, k, where) for t in texts])]
+
+
+def _query_engine(server, index_path, ef_search, nprobe):
+    if not server:
+        return _LocalEngine(index_path, ef_search, nprobe)
+    if ef_search is not None or nprobe is not None:
+        raise SemsearchError("--ef-search and --nprobe apply to an index opened here, not through --server")
+    from search.client import Client
+
+    return Client(server)
 
 
 def _snippet(text: str, width: int = 100) -> str:
@@ -549,6 +593,229 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprob
                           "pooling": cfg["pooling"], **result.as_dict()}))
     else:
         click.echo(format_table([(label, result)]))
+
+
+# --- the service ---------------------------------------------------------------------------------
+@cli.command("serve")
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless told otherwise).")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="File holding the bearer token that writes need; without it the server is read-only.")
+@click.option("--workers-threads", "workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker threads answering searches (each holds its own view of the index).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
+              help="Largest request body accepted (413 above).")
+@click.option("--batch-window-ms", type=click.FloatRange(0, 1000), default=10.0, show_default=True,
+              help="Micro-batching: how long a question waits for others to share its model call.")
+@click.option("--batch-max", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Micro-batching: most questions per model call (1 turns micro-batching off).")
+def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window_ms, batch_max) -> None:
+    """Serve an index over HTTP: search, FAQ answers, embeddings, writes, and a search page at /.
+
+    The model and the index load once; /health says ready after that. The API
+    is documented at /docs. Writes (POST/DELETE /documents) need
+    'Authorization: Bearer TOKEN' with the token of --token-file.
+
+    \b
+    Example:
+      semsearch serve --index faq-index --port 8000
+      curl 'http://127.0.0.1:8000/search?q=forgot+my+password&k=3'
+    """
+    from pathlib import Path
+
+    from index.indexer import Index
+
+    Index.open(index_path).close()  # a missing or damaged index is one line, before the server starts
+    token = None
+    if token_file:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise SemsearchError(f"--token-file {token_file} is empty")
+    import uvicorn
+
+    from search.service import Settings, create_app
+
+    app = create_app(Settings(index=Path(index_path), token=token, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                              batch_window=batch_window_ms / 1000, batch_max=batch_max, workers=workers))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    original = server.startup
+
+    async def startup(sockets=None):
+        await original(sockets)
+        for s in server.servers:
+            for sock in s.sockets:
+                address = sock.getsockname()
+                click.echo(f"serving {index_path} on http://{address[0]}:{address[1]} "
+                           f"({'writes need the token' if token else 'read-only'}); Ctrl-C stops", err=True)
+
+    server.startup = startup
+    server.run()
+
+
+# --- the FAQ bot --------------------------------------------------------------------------------
+@cli.group("faq", cls=SemsearchGroup)
+def faq_group() -> None:
+    """Build a FAQ index, ask it questions, and calibrate when it should answer.
+
+    \b
+    Example:
+      semsearch faq build faq.jsonl --index faq-index
+      semsearch faq ask "I forgot my login secret" --index faq-index
+    """
+
+
+@faq_group.command("build")
+@click.argument("sources", nargs=-1, required=True)
+@index_option
+@click.option("--force", is_flag=True, help="Replace an existing index (the old one stays until the new one is complete).")
+@click.option("--question-field", default="question", show_default=True, help="Field or column holding the question.")
+@click.option("--answer-field", default="answer", show_default=True, help="Field or column holding the answer.")
+@click.option("--id-field", default=None, help="Field or column holding the entry id (default: id or _id); "
+                                               "rows with one id are paraphrases of one question.")
+@click.option("--format", "fmt", type=click.Choice(options.FORMATS), default=None, help="Input format (default: from the extension).")
+@model_options()
+@quiet_option
+def faq_build(sources, index_path, force, question_field, answer_field, id_field, fmt, model, layer, pooling,
+              max_length, precision, backend, quiet) -> None:
+    """Index FAQ entries (question and answer) from JSONL, CSV or TSV.
+
+    \b
+    Example:
+      semsearch faq build faq.jsonl --index faq-index
+      semsearch faq build faq.csv --question-field q --answer-field a --index faq-index
+    """
+    from index.indexer import Index
+    from index.sources import ReadReport
+    from search.faq import faq_documents, read_faq
+
+    report = ReadReport()
+    entries = read_faq(sources, question_field=question_field, answer_field=answer_field, id_field=id_field,
+                       format=fmt, report=report)
+    progress = Progress("encoding questions", quiet=quiet)
+    started = time.monotonic()
+    index, result = Index.build(index_path, faq_documents(entries), force=force, progress=progress, model=model,
+                                layer=layer, pooling=pooling, max_length=max_length, precision=precision,
+                                backend=backend)
+    progress.finish()
+    _report_add(result, index_path, time.monotonic() - started, report)
+    click.echo(f"{index_path}: {len(entries)} FAQ entries; run `semsearch faq calibrate` to decide when it answers",
+               err=True)
+
+
+@faq_group.command("ask")
+@click.argument("question", required=False)
+@index_option
+@click.option("--questions", "questions_file", type=click.Path(dir_okay=False),
+              help="Ask every question of a file (one a line); prints one JSON line per question.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--threshold", type=float, default=None, help="Override the calibrated score threshold.")
+@click.pass_context
+def faq_ask(ctx, question, index_path, questions_file, as_json, threshold) -> None:
+    """Answer QUESTION from a FAQ index, or say it is not sure and show the closest questions.
+
+    \b
+    Example:
+      semsearch faq ask "I forgot my login secret" --index faq-index
+      semsearch faq ask --questions questions.txt --index faq-index > answers.jsonl
+    """
+    from search.faq import FAQ
+
+    if (question is None) == (questions_file is None):
+        raise SemsearchError("give either a QUESTION or --questions FILE")
+    faq = FAQ(index_path, threshold=threshold)
+    if questions_file:
+        try:
+            lines = Path(questions_file).read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SemsearchError(f"{questions_file}: cannot read ({exc})") from None
+        asked = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
+        for start in range(0, len(asked), 128):
+            chunk = asked[start : start + 128]
+            for (number, text), reply in zip(chunk, faq.answer_many([t for _, t in chunk])):
+                if isinstance(reply, str):
+                    click.echo(f"skipped: {questions_file}:{number}: {reply}", err=True)
+                    continue
+                click.echo(_dump(reply.as_dict()))
+        return
+    if not question.strip():
+        raise SemsearchError("the question is empty")
+    reply = faq.answer(question)
+    if as_json:
+        click.echo(_dump(reply.as_dict()))
+        return
+    if not reply.calibrated and threshold is None:
+        click.echo(f"note: {index_path} is not calibrated; using the default threshold {reply.threshold} "
+                   "(run `semsearch faq calibrate`)", err=True)
+    if reply:
+        click.echo(reply.match.answer or "(this entry has no answer text)")
+        click.echo(f"    matched: {reply.match.question}  (entry {reply.match.id}, score {reply.match.score:.3f})")
+    else:
+        click.echo("not sure. The closest questions are:")
+        for m in reply.runners_up:
+            click.echo(f"  - {m.question}  (entry {m.id}, score {m.score:.3f})")
+
+
+@faq_group.command("calibrate")
+@index_option
+@click.option("--questions", "questions_file", required=True, type=click.Path(dir_okay=False),
+              help='Labelled questions, JSONL: {"question": "...", "faq_id": "..."} (faq_id null: off-topic).')
+@click.option("--off-topic", "off_topic_file", type=click.Path(dir_okay=False), default=None,
+              help="More off-topic questions, one a line.")
+@click.option("--precision", "target", type=float, default=0.95, show_default=True,
+              help="Share of given answers that must be right.")
+@click.option("--apply", is_flag=True, help="When another layer reaches the target, rebuild the index with it and calibrate again.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply, as_json) -> None:
+    """Choose when the FAQ answers: the threshold (and margin) that reach a precision with the most answers.
+
+    Stores the choice in the index; `faq ask`, the FAQ API and the server use it.
+    Exits 1 when the target cannot be reached (and says what would reach it).
+
+    \b
+    Example:
+      semsearch faq calibrate --index faq-index --questions labelled.jsonl --off-topic chit-chat.txt
+    """
+    from search.faq_tuning import calibrate_index, read_labelled, read_off_topic
+
+    labelled = read_labelled(questions_file)
+    if off_topic_file:
+        labelled += read_off_topic(off_topic_file)
+    report = calibrate_index(index_path, labelled, target, apply=apply,
+                             note=lambda line: click.echo(f"note: {line}", err=True))
+    if as_json:
+        click.echo(_dump(report.as_dict()))
+    else:
+        _print_calibration(report, index_path)
+    if not report.reached:
+        ctx.exit(1)
+
+
+def _rates_line(r) -> str:
+    off = "-" if r.off_topic_answered is None else f"{r.off_topic_answered:.1%}"
+    return (f"threshold {r.threshold:.4f}, margin {r.margin:.2f}: answers {r.answered:.1%} of in-domain questions "
+            f"at precision {r.precision:.1%}; off-topic answered {off}")
+
+
+def _print_calibration(report, index_path) -> None:
+    if report.applied:
+        click.echo(f"rebuilt: {report.applied}")
+    c = report.calibration
+    if c is not None:
+        click.echo(f"{index_path}: calibrated at layer {c.layer} for precision {c.target:.0%} "
+                   f"({c.in_domain} in-domain, {c.off_topic} off-topic questions)")
+        click.echo("  " + _rates_line(c))
+    else:
+        click.echo(f"layer {report.layer} cannot reach precision {report.target:.0%}; the most precise setting:")
+        click.echo("  " + _rates_line(report.top))
+    for alt in report.alternatives:
+        if alt.best:
+            click.echo(f"layer {alt.layer} would reach it, " + _rates_line(alt.best))
+            click.echo(f"  to switch: {alt.command}   (or run this command again with --apply)")
+        else:
+            click.echo(f"layer {alt.layer} cannot either; its most precise: " + _rates_line(alt.top))
 
 
 def main() -> None:

@@ -183,7 +183,10 @@ def main() -> int:
     marginal = round((large["documents"] - small["documents"]) / max(1e-9, large["seconds"] - small["seconds"]), 2)
     chunks = [-(-r["documents"] // COMMIT_EVERY) for r in (small, large)]
 
-    print(f"machine: {cpu_line()}")
+    from index.encoder import Encoder
+
+    default = Encoder.load()  # what `index build` runs here by default (auto: measured once, cached)
+    print(f"machine: {cpu_line()}; default encoder: {default.backend} {default.precision}")
     print(f"part 1: semsearch index build in a child process (COMMIT_EVERY={COMMIT_EVERY})")
     print(f"{'docs':>6} {'passages':>9} {'type':>6} {'seconds':>8} {'docs/s':>7} {'peak RSS MiB':>13}")
     for r in builds:
@@ -199,7 +202,8 @@ def main() -> int:
     for r in vectors:
         print(f"{r['index_type']:>6} {r['built_as']:<24} {r['bytes_per_vector']:>9.1f} "
               f"{r['file_bytes'] / 2**20:>9.1f} {r['seconds']:>8.1f}")
-    print(json.dumps({"benchmark": "build", **cpu_info(), "quick": args.quick, "commit_every": COMMIT_EVERY,
+    print(json.dumps({"benchmark": "build", **cpu_info(), "backend": default.backend,
+                      "precision": default.precision, "quick": args.quick, "commit_every": COMMIT_EVERY,
                       "builds": builds, "peak_rss_ratio": ratio, "marginal_docs_per_s": marginal,
                       "sqlite": sqlite, "synthetic_vectors": n_vectors, "vector_types": vectors}))
     return 0

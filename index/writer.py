@@ -162,6 +162,11 @@ class Writer:
             skipped = set(result.skipped_empty)
             on_commit([d for d in chunk if d not in skipped])
 
+    def record(self, values: Mapping[str, Any]) -> None:
+        """Record settings in the index (e.g. a FAQ calibration); they do not change the vectors."""
+        with self.store.transaction():
+            self.store.set_info(dict(values))
+
     def mark_complete(self) -> None:
         """Record that a build finished (an interrupted one is resumed by the next build)."""
         with self.store.transaction():

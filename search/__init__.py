@@ -23,4 +23,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'search' has no attribute {name!r}")
 
 
-__all__ = list(_LAZY)
+__all__ = ["Searcher", "Hit", "Passage", "FAQ", "FAQAnswer", "FAQMatch"]

@@ -1,11 +1,7 @@
 """Retrieval evaluation in the BEIR / trec_eval convention.
 
-Inputs are the usual BEIR files:
-
-* ``queries.jsonl`` -- one JSON object per line, ``{"_id": ..., "text": ...}``
-  (read with :func:`load_queries`);
-* ``qrels/*.tsv`` -- ``query-id <TAB> corpus-id <TAB> score`` with an optional
-  header line (read with :func:`load_qrels`).
+Inputs are the usual BEIR files, read by ``search.beir`` (``load_queries``,
+``load_qrels``, also importable from here).
 
 A *run* is a mapping ``query id -> ranked doc ids`` (best first).
 :func:`plan_evaluation` and :func:`evaluate_index` run a benchmark against a
@@ -20,17 +16,16 @@ Pure Python + numpy; no other dependency.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
-import unicodedata
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from index.errors import InputError, SemsearchError
+from index.errors import SemsearchError
+
+from .beir import EvalQuery, load_qrels, load_queries
 
 __all__ = [
     "EvalQuery",
@@ -49,140 +44,6 @@ NDCG_CUT = 10
 MRR_CUT = 10
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 100)
 
-_INT_RE = re.compile(r"[+-]?[0-9]+")
-
-
-# --------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class EvalQuery:
-    """One evaluation query: its id (always a ``str``) and NFC-normalised text."""
-
-    id: str
-    text: str
-
-
-def _lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, decoded line without newline)`` for a UTF-8 file.
-
-    A UTF-8 byte-order mark on the first line is dropped. Unreadable files and
-    undecodable lines raise :class:`InputError` naming the file (and line).
-    """
-    name = os.fspath(path)
-    try:
-        handle = open(name, "rb")
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read file: {exc.strerror or exc}") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{name}:{number}: not valid UTF-8 ({exc.reason})") from None
-            yield number, line.rstrip("\r\n")
-
-
-def _query_id(value: object) -> str | None:
-    """Return a query id as ``str``; ``None`` if it is not a usable id."""
-    if isinstance(value, bool):  # bool is an int subclass; true/false is no id
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
-def load_queries(path: str | os.PathLike[str]) -> list[EvalQuery]:
-    """Read a BEIR ``queries.jsonl`` file, in file order.
-
-    Each non-blank line must be a JSON object with an id (``"_id"``, or
-    ``"id"`` when ``"_id"`` is absent; a string or an integer) and a string
-    ``"text"``. Other keys (e.g. ``"metadata"``) are ignored. Ids are returned
-    as ``str`` and the text is NFC-normalised. Blank lines are skipped.
-
-    Raises :class:`InputError` (``"FILE:LINE: ..."``) for invalid JSON, a
-    missing or unusable id or text, and a repeated id.
-    """
-    name = os.fspath(path)
-    queries: list[EvalQuery] = []
-    seen: dict[str, int] = {}
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{name}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        key = "_id" if "_id" in record else "id"
-        if key not in record:
-            raise InputError(f'{where}: missing query id ("_id")')
-        query_id = _query_id(record[key])
-        if query_id is None:
-            raise InputError(f'{where}: "{key}" must be a non-empty string or an integer')
-        text = record.get("text")
-        if not isinstance(text, str):
-            raise InputError(f'{where}: query {query_id!r} has no string "text"')
-        if query_id in seen:
-            raise InputError(
-                f"{where}: duplicate query id {query_id!r} (first on line {seen[query_id]})"
-            )
-        seen[query_id] = number
-        queries.append(EvalQuery(id=query_id, text=unicodedata.normalize("NFC", text)))
-    return queries
-
-
-def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
-    """Read BEIR qrels: ``query-id <TAB> corpus-id <TAB> score`` per line.
-
-    The first line is treated as a header, and skipped, when its third field is
-    not an integer (BEIR files start with ``query-id  corpus-id  score``).
-    Blank lines are skipped. Scores ``<= 0`` are kept as ``0`` (judged
-    non-relevant). A pair listed twice with the same score is accepted once.
-
-    Returns ``{query id: {doc id: score}}``. Raises :class:`InputError`
-    (``"FILE:LINE: ..."``) for a wrong number of fields, an empty id, a
-    non-integer score, or a pair listed twice with different scores.
-    """
-    name = os.fspath(path)
-    qrels: dict[str, dict[str, int]] = {}
-    first = True
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        where = f"{name}:{number}"
-        fields = [field.strip() for field in line.split("\t")]
-        if len(fields) != 3:
-            raise InputError(
-                f"{where}: expected 3 tab-separated fields "
-                f"(query-id, corpus-id, score), got {len(fields)}"
-            )
-        query_id, doc_id, score_text = fields
-        if first:
-            first = False
-            if not _INT_RE.fullmatch(score_text):
-                continue  # header line
-        if not _INT_RE.fullmatch(score_text):
-            raise InputError(f"{where}: score {score_text!r} is not an integer")
-        if not query_id or not doc_id:
-            raise InputError(f"{where}: empty query id or corpus id")
-        score = max(int(score_text), 0)
-        judged = qrels.setdefault(query_id, {})
-        if doc_id in judged and judged[doc_id] != score:
-            raise InputError(
-                f"{where}: conflicting score {score} for query {query_id!r}, "
-                f"doc {doc_id!r} (already {judged[doc_id]})"
-            )
-        judged[doc_id] = score
-    return qrels
 
 
 # --------------------------------------------------------------------------

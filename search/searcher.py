@@ -11,7 +11,7 @@ long-running ``Searcher`` follows other processes' commits and rebuilds.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +23,7 @@ from index.records import Passage
 from index.snapshot import Snapshot
 from index.vectors import SearchSettings
 
-__all__ = ["Hit", "Passage", "Searcher"]
+__all__ = ["Hit", "Passage", "Searcher", "SearchRequest", "SearchOutcome"]
 
 
 @dataclass
@@ -35,7 +35,34 @@ class Hit:
     passage: Passage
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON: ``{"id", "score", "text", "metadata", "passage": {"order", "start", "end", "text"}}``
+        (the metadata is the hit's own, not a copy)."""
+        p = self.passage
+        return {"id": self.id, "score": self.score, "text": self.text, "metadata": self.metadata,
+                "passage": {"order": p.order, "start": p.start, "end": p.end, "text": p.text}}
+
+
+@dataclass
+class SearchRequest:
+    """One query of a batch, with its own ``k`` and metadata filter."""
+
+    query: str
+    k: int = 10
+    where: Mapping[str, Any] | None = None
+
+
+@dataclass
+class SearchOutcome:
+    """The answer to one ``SearchRequest``: its hits, or why it could not be run."""
+
+    query: str
+    hits: list[Hit] | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"query": self.query, "error": self.error}
+        return {"query": self.query, "hits": [h.as_dict() for h in self.hits or []]}
 
 
 class Searcher:
@@ -71,6 +98,29 @@ class Searcher:
             return []
         with self.index.snapshot() as snap:
             return self._search(snap, snap.encoder.encode(list(queries)), k, where)
+
+    def search_batch(self, requests: Sequence[SearchRequest]) -> list[SearchOutcome]:
+        """Many queries, each with its own ``k`` and filter, embedded in one model call and answered
+        from one snapshot; a bad query gets its own error and does not stop the others."""
+        outcomes = [SearchOutcome(query=r.query) for r in requests]
+        valid = []
+        for i, request in enumerate(requests):
+            try:
+                if not isinstance(request.query, str) or not request.query.strip():
+                    raise SemsearchError("a query is empty; give some text to search for")
+                check_k(request.k)
+                valid.append(i)
+            except SemsearchError as exc:
+                outcomes[i].error = str(exc)
+        if valid:
+            with self.index.snapshot() as snap:
+                vectors = snap.encoder.encode([requests[i].query for i in valid])
+                for row, i in enumerate(valid):
+                    try:
+                        outcomes[i].hits = self._search(snap, vectors[row : row + 1], requests[i].k, requests[i].where)[0]
+                    except SemsearchError as exc:
+                        outcomes[i].error = str(exc)
+        return outcomes
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10,
                        where: Mapping[str, Any] | None = None) -> list[list[Hit]]:

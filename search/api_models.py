@@ -1,0 +1,146 @@
+"""The JSON the HTTP service takes and gives, as pydantic models (they document ``/docs``)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+try:
+    VERSION = version("semsearch")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "0"
+
+
+class Error(BaseModel):
+    error: str = Field(description="What went wrong, in one line.")
+    details: list[dict[str, Any]] | None = Field(None, description="For invalid requests: each problem and where.")
+
+
+ERRORS = {400: {"model": Error, "description": "bad input"}, 413: {"model": Error, "description": "body too large"},
+          422: {"model": Error, "description": "invalid request"},
+          503: {"model": Error, "description": "loading, or the index could not be loaded"}}
+
+
+class Health(BaseModel):
+    status: str = Field(description="ready, loading or error.")
+    error: str | None = Field(None, description="Why the index could not be loaded.")
+
+
+class PassageModel(BaseModel):
+    order: int = Field(description="Position of the passage among the document's passages (from 0).")
+    start: int = Field(description="Character offset where the passage starts in the document text.")
+    end: int = Field(description="Character offset where the passage ends in the document text.")
+    text: str = Field(description="The passage's text.")
+
+
+class HitModel(BaseModel):
+    id: str = Field(description="Document id.")
+    score: float = Field(description="Cosine similarity of the query and the document's best passage.")
+    text: str = Field(description="The whole document text.")
+    metadata: dict[str, Any] = Field(description="The document's metadata.")
+    passage: PassageModel = Field(description="The passage that matched.")
+
+
+class SearchResult(BaseModel):
+    query: str = Field(description="The query as given.")
+    hits: list[HitModel] = Field(description="The best documents, best first.")
+
+
+class SearchOutcomeModel(BaseModel):
+    query: str = Field(description="The query as given.")
+    hits: list[HitModel] | None = Field(None, description="The best documents, best first (absent on error).")
+    error: str | None = Field(None, description="Why this query could not be run (absent on success).")
+
+
+class SearchBody(BaseModel):
+    queries: list[str] = Field(description="Queries to run, each answered in the same position.", max_length=10_000)
+    k: int = Field(10, ge=1, le=1000, description="Number of documents per query.")
+    where: dict[str, Any] | None = Field(None, description="Metadata filter: every key must equal its value.")
+
+
+class SearchResults(BaseModel):
+    results: list[SearchOutcomeModel] = Field(description="One entry per query, in input order.")
+
+
+class FAQQuestion(BaseModel):
+    question: str = Field(description="The customer's question.", min_length=1)
+
+
+class FAQMatchModel(BaseModel):
+    id: str = Field(description="The FAQ entry.")
+    question: str = Field(description="The entry's question that matched best.")
+    answer: str | None = Field(description="The entry's answer.")
+    score: float = Field(description="Cosine similarity of the two questions.")
+
+
+class FAQReply(BaseModel):
+    question: str = Field(description="The question as given.")
+    confident: bool = Field(description="True when the best entry passes the calibrated threshold and margin.")
+    match: FAQMatchModel | None = Field(description="The answering entry, or null when not confident.")
+    runners_up: list[FAQMatchModel] = Field(description="The next closest entries (the closest ones when not confident).")
+    calibrated: bool = Field(description="False when the index has no calibration for its model and layer.")
+    threshold: float = Field(description="The score threshold in force.")
+    margin: float = Field(description="The top-1 minus top-2 score margin in force.")
+
+
+class EmbedBody(BaseModel):
+    texts: list[str] = Field(description="Texts to embed.", min_length=1, max_length=10_000)
+
+
+class Embeddings(BaseModel):
+    model: str = Field(description="The index's model.")
+    layer: int = Field(description="The pooled hidden layer.")
+    pooling: str = Field(description="mean, max or cls.")
+    precision: str = Field(description="The arithmetic in use.")
+    dimension: int = Field(description="Length of each vector.")
+    vectors: list[list[float]] = Field(description="One L2-normalised vector per text, in input order.")
+
+
+class DocumentModel(BaseModel):
+    id: str = Field(description="Document id; an existing id is replaced.", min_length=1)
+    text: str = Field(description="The text to index.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object, searchable with where.")
+
+
+class DocumentsBody(BaseModel):
+    documents: list[DocumentModel] = Field(description="Documents to add or replace.", min_length=1)
+
+
+class AddReply(BaseModel):
+    added: int = Field(description="New documents.")
+    updated: int = Field(description="Documents whose text changed.")
+    unchanged: int = Field(description="Documents already stored with the same text (not encoded again).")
+    metadata_updated: int = Field(description="Documents whose metadata alone changed.")
+    skipped_empty: list[str] = Field(description="Ids of documents without text (not stored).")
+    duplicates: list[str] = Field(description="Ids given more than once (the last one was kept).")
+    passages: int = Field(description="Passages encoded.")
+
+
+class DeleteReply(BaseModel):
+    deleted: str = Field(description="The id that was deleted.")
+
+
+class IndexInfoModel(BaseModel):
+    path: str
+    model: str = Field(description="The model name or folder.")
+    model_fingerprint: str = Field(description="A hash of the model's weights and vocabulary.")
+    layer: int
+    pooling: str
+    dimension: int
+    max_length: int
+    passage_tokens: int
+    passage_overlap: int
+    precision: str
+    backend: str
+    index_type: str = Field(description="As asked: flat, hnsw, ivf, ivfpq or auto.")
+    vector_index: str = Field(description="What the FAISS index is now.")
+    schema_version: int
+    generation: int = Field(description="Bumped by every committed write.")
+    documents: int
+    passages: int
+    vectors: int
+    complete: bool
+    created_at: str
+    updated_at: str
