@@ -245,10 +245,14 @@ def test_readers_keep_answering_while_a_writer_adds_and_rebuilds(known_index, mo
             reader.stdin.write("stop\n")
             reader.stdin.flush()
         for reader, watch in zip(readers, watches):
-            out, err = finish(reader, 60)  # shares stdout with the watch: a line lands in one of them
+            # The watch alone reads the reader's stdout, to its end: a second reader of the pipe
+            # (communicate) could take part of a line and join two reports into one.
+            watch.thread.join(60)
+            assert not watch.thread.is_alive(), f"reader {reader.pid} did not finish"
+            reader.wait(timeout=30)
+            err = reader.stderr.read()
             assert reader.returncode == 0, err[-2000:]
-            watch.thread.join(30)
-            last = [line for line in watch.lines + out.splitlines() if '"pid"' in line]
+            last = [line for line in watch.lines if '"pid"' in line]
             reports.append(json.loads(last[-1]))
     finally:
         kill_all(readers)
