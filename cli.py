@@ -117,6 +117,7 @@ def wait_option(f):
 def model_options(default_layer: int | None = options.DEFAULT_LAYER):
     """--model/--layer/--pooling/--max-length/--precision/--backend (None defaults mean: keep what is recorded)."""
     def decorate(f):
+        f = keep_hangul_option(f)
         f = click.option("--backend", type=click.Choice(options.BACKENDS), default=None,
                          help="Inference backend (default auto: whichever of ONNX Runtime and PyTorch is faster "
                               "for this model on this machine, measured once and cached).")(f)
@@ -135,6 +136,13 @@ def model_options(default_layer: int | None = options.DEFAULT_LAYER):
                          help="Hugging Face model id or local folder (default: $SEMSEARCH_MODEL, else the embedded all-MiniLM-L6-v2).")(f)
         return f
     return decorate
+
+
+def keep_hangul_option(f):
+    return click.option("--keep-hangul/--no-keep-hangul", "keep_hangul", default=None,
+                        help="Keep Hangul syllables whole where the model's tokenizer would cut them into jamo "
+                             "(uncased BERT strips accents through NFD); default on for a new index, as recorded "
+                             "for a rebuild.")(f)
 
 
 def source_options(f):
@@ -231,7 +239,7 @@ def index_group() -> None:
               help="Texts per model call.")
 @source_options
 @quiet_option
-def index_build(sources, index_path, force, model, layer, pooling, max_length, precision, backend,
+def index_build(sources, index_path, force, model, layer, pooling, max_length, precision, backend, keep_hangul,
                 passage_overlap, index_type, batch_size, id_field, text_field, fmt, strict, quiet) -> None:
     """Create an index from SOURCES (JSONL, CSV, TSV, .txt/.md files, folders, or - for stdin).
 
@@ -249,7 +257,7 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
     index, result = Index.build(
         index_path, docs, force=force, progress=progress, model=model, layer=layer, pooling=pooling,
         max_length=max_length, passage_overlap=passage_overlap, precision=precision, backend=backend,
-        batch_size=batch_size,
+        keep_hangul=keep_hangul, batch_size=batch_size,
         index_type=index_type,
     )
     progress.finish()
@@ -321,7 +329,7 @@ def index_delete(ids, index_path, wait) -> None:
               help="Texts per model call.")
 @quiet_option
 @wait_option
-def index_rebuild(index_path, model, layer, pooling, max_length, precision, backend, passage_overlap,
+def index_rebuild(index_path, model, layer, pooling, max_length, precision, backend, keep_hangul, passage_overlap,
                   index_type, batch_size, quiet, wait) -> None:
     """Re-encode every stored document, optionally with another model, layer or pooling.
 
@@ -337,7 +345,7 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, back
     progress = Progress("re-encoding documents", total=index.store.counts()[0], quiet=quiet)
     result = index.rebuild(model=model, layer=layer, pooling=pooling, max_length=max_length,
                            passage_overlap=passage_overlap, precision=precision, backend=backend,
-                           index_type=index_type,
+                           keep_hangul=keep_hangul, index_type=index_type,
                            progress=progress)
     progress.finish()
     _report_int8(index)
@@ -523,7 +531,7 @@ def _snippet(text: str, width: int = 100) -> str:
               help="Texts per model call.")
 @source_options
 @quiet_option
-def embed(texts, input_path, model, layer, pooling, max_length, precision, backend, batch_size,
+def embed(texts, input_path, model, layer, pooling, max_length, precision, backend, keep_hangul, batch_size,
           id_field, text_field, fmt, strict, quiet) -> None:
     """Print sentence vectors as JSON lines: {"id": ..., "vector": [...]}, in input order.
 
@@ -549,12 +557,268 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, backe
         items = [(d.id, d.text) for d in docs]
         _report_reading(report)
     encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
-                           batch_size=batch_size, precision=precision, backend=backend)
+                           batch_size=batch_size, precision=precision, backend=backend, keep_hangul=keep_hangul)
     progress = Progress("encoding texts", total=len(items), quiet=quiet)
     vectors = encoder.encode([t for _, t in items], progress=progress)
     progress.finish()
     for (item_id, _), vec in zip(items, vectors):
         click.echo(_dump({"id": item_id, "vector": np.round(vec.astype(np.float64), 7).tolist()}))
+
+
+# --- the tutorial's token-level commands -----------------------------------------------------
+class LayersCommand(click.Command):
+    """Lets ``--layers -4 -3 -2 -1`` take several numbers (click options take one value each): the
+    numbers that follow ``--layers`` are joined into one comma-separated value."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(args):
+            if args[i] == "--layers":
+                j = i + 1
+                while j < len(args) and args[j].lstrip("-").isdigit():
+                    j += 1
+                out += ["--layers", ",".join(args[i + 1 : j])] if j > i + 1 else [args[i]]
+                i = j
+            else:
+                out.append(args[i])
+                i += 1
+        return super().parse_args(ctx, out)
+
+
+def _parse_layers(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        layers = [int(v) for v in str(value).replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter("layers are whole numbers, e.g. --layers -4 -3 -2 -1") from None
+    if not layers:
+        raise click.BadParameter("give at least one layer")
+    return layers
+
+
+def word_options(f):
+    f = click.option("--combine", type=click.Choice(options.COMBINES), default="sum", show_default=True,
+                     help="How the chosen layers make one vector.")(f)
+    f = click.option("--layers", callback=_parse_layers, default=None, metavar="N [N ...]",
+                     help="Hidden layers to use; 0 is the embeddings, -1 the last (default: -4 -3 -2 -1).")(f)
+    return f
+
+
+def token_model_options(f):
+    f = keep_hangul_option(f)
+    f = click.option("--model", envvar="SEMSEARCH_MODEL", default=None,
+                     help="Hugging Face model id or local folder (default: $SEMSEARCH_MODEL, else the embedded "
+                          "all-MiniLM-L6-v2).")(f)
+    return f
+
+
+def _token_encoder(model, keep_hangul):
+    """The encoder of the token commands: fp32 on PyTorch (exact, and nothing to export)."""
+    from index.encoder import Encoder
+
+    return Encoder.load(model, precision="fp32", backend="torch",
+                        keep_hangul=True if keep_hangul is None else keep_hangul)
+
+
+def _check_texts(texts) -> None:
+    if not texts:
+        raise SemsearchError("give at least one TEXT")
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            raise SemsearchError(f"text {i} is empty")
+
+
+def _span(start, end) -> str:
+    return "-" if start is None else f"{start}-{end}"
+
+
+@cli.command("tokens")
+@click.argument("texts", nargs=-1)
+@token_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per text.")
+def tokens_cmd(texts, model, keep_hangul, as_json) -> None:
+    """Show each WordPiece token of TEXTS with its id, word and character span.
+
+    Spans are in the text as given; special tokens ([CLS], [SEP]) are marked.
+    A note or warning says when the tokenizer would cut Hangul syllables into
+    jamo and what was done about it.
+
+    \b
+    Example:
+      semsearch tokens "Here is the sentence I want embeddings for."
+      semsearch tokens "배를 타고 여행을 간다." --json
+    """
+    _check_texts(texts)
+    encoder = _token_encoder(model, keep_hangul)
+    for n, text in enumerate(texts):
+        toks = encoder.tokens(text)
+        if as_json:
+            click.echo(_dump({"text": text, "tokens": [t.as_dict() for t in toks]}))
+            continue
+        if n:
+            click.echo()
+        click.echo(f"text {n + 1}: {text}")
+        width = max(len(t.token) for t in toks)
+        click.echo(f"  {'#':>3}  {'token'.ljust(width)}  {'id':>6}  {'word':>4}  span")
+        for i, t in enumerate(toks):
+            where = "special" if t.special else f"{_span(t.start, t.end)}  {text[t.start:t.end]!r}"
+            word = "-" if t.word is None else str(t.word)
+            click.echo(f"  {i:>3}  {t.token.ljust(width)}  {t.id:>6}  {word:>4}  {where}")
+
+
+def _vector_preview(vec, shown: int = 4) -> str:
+    head = " ".join(f"{float(x):+.3f}" for x in vec[:shown])
+    return f"[{head} ...]  norm {float((vec ** 2).sum()) ** 0.5:.2f}"
+
+
+@cli.command("words", cls=LayersCommand)
+@click.argument("texts", nargs=-1)
+@token_model_options
+@word_options
+@click.option("--pieces", type=click.Choice(options.PIECES), default="mean", show_default=True,
+              help="How a word's pieces make its vector: their mean, or the first piece.")
+@click.option("--tokens", "per_token", is_flag=True, help="One vector per token instead of per word.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per word (or token), vector included.")
+def words_cmd(texts, model, keep_hangul, layers, combine, pieces, per_token, as_json) -> None:
+    """Word (or token) vectors of TEXTS from chosen hidden layers.
+
+    By default, as in the tutorial, the sum of the last four layers; a word
+    cut into pieces gets one vector (the mean of its pieces). Only the layers
+    up to the deepest one asked for are computed.
+
+    \b
+    Example:
+      semsearch words "The bank raised its rates." --layers -4 -3 -2 -1 --combine concat
+      semsearch words "embeddings" --tokens --json
+    """
+    _check_texts(texts)
+    encoder = _token_encoder(model, keep_hangul)
+    layers = layers or list(options.WORD_LAYERS)
+    if per_token:
+        results = encoder.token_vectors(texts, layers=layers, combine=combine)
+    else:
+        results = encoder.word_vectors(texts, layers=layers, combine=combine, pieces=pieces)
+    how = f"{combine} of layers {' '.join(str(x) for x in layers)}"
+    for n, res in enumerate(results):
+        if per_token:
+            rows = [(t.token, t.start, t.end, [t.token], {"token": t.token, "id": t.id, "word": t.word,
+                                                           "special": t.special}) for t in res.tokens]
+        else:
+            rows = [(w.text, w.start, w.end, list(w.pieces), {"word": w.text}) for w in res.words]
+        if as_json:
+            for (_, start, end, parts, extra), vec in zip(rows, res.vectors):
+                click.echo(_dump({"text_index": n, **extra, "start": start, "end": end, "pieces": parts,
+                                  "vector": [round(float(x), 6) for x in vec]}))
+            continue
+        if n:
+            click.echo()
+        click.echo(f"text {n + 1}: {res.text}")
+        click.echo(f"  {res.vectors.shape[1]}-d vectors, {how}" + ("" if per_token else f", pieces: {pieces}"))
+        width = max([len(r[0]) for r in rows] + [4])
+        pw = max([len(" ".join(r[3])) for r in rows] + [6])
+        click.echo(f"  {'#':>3}  {('token' if per_token else 'word').ljust(width)}  {'span':>7}  "
+                   f"{'pieces'.ljust(pw)}  vector")
+        for i, ((label, start, end, parts, _), vec) in enumerate(zip(rows, res.vectors)):
+            click.echo(f"  {i:>3}  {label.ljust(width)}  {_span(start, end):>7}  {' '.join(parts).ljust(pw)}  "
+                       f"{_vector_preview(vec)}")
+
+
+def _matrix_lines(matrix) -> list[str]:
+    n = len(matrix)
+    lines = ["       " + "".join(f"{j:>7}" for j in range(1, n + 1))]
+    for i in range(n):
+        lines.append(f"  {i + 1:>3}  " + "".join(f"{float(matrix[i][j]):>7.3f}" for j in range(n)))
+    return lines
+
+
+@cli.command("similar-words", cls=LayersCommand)
+@click.argument("pairs", nargs=-1, metavar="SENTENCE WORD [SENTENCE WORD ...]")
+@token_model_options
+@word_options
+@click.option("--occurrence", type=click.IntRange(min=1), multiple=True,
+              help="Which match of WORD in its SENTENCE to take (from 1): once for all pairs, or once per pair "
+                   "in order (default 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: items, matrix and sentence_matrix.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the word matrix as a labelled heatmap into this PNG file (needs semsearch[plot]).")
+def similar_words_cmd(pairs, model, keep_hangul, layers, combine, occurrence, as_json, plot_path) -> None:
+    """How similar a word is to itself (or others) in different contexts.
+
+    Each WORD is found in its SENTENCE by its characters (case-insensitively,
+    starting at a token), never by a token position. Prints the cosine matrix
+    of the words' vectors (default: sum of the last four layers) and, for
+    comparison, of the sentences' own vectors (layer -2, mean).
+
+    \b
+    Example:
+      semsearch similar-words "I deposited money at the bank." bank "We sat on the river bank." bank
+      S="After stealing money from the bank vault, the bank robber was seen fishing on the Mississippi river bank."
+      semsearch similar-words "$S" bank "$S" bank "$S" bank --occurrence 1 --occurrence 2 --occurrence 3
+    """
+    from index.contextual import similar_words
+
+    if len(pairs) < 4 or len(pairs) % 2:
+        raise SemsearchError("give SENTENCE WORD pairs, at least two of them (an even number of arguments)")
+    encoder = _token_encoder(model, keep_hangul)
+    report = similar_words(encoder, list(zip(pairs[::2], pairs[1::2])), occurrence=list(occurrence) or 1,
+                           layers=layers or list(options.WORD_LAYERS), combine=combine)
+    if plot_path:
+        from index.plots import similarity_heatmap
+
+        click.echo(f"wrote {similarity_heatmap(report, plot_path)}", err=True)
+    if as_json:
+        click.echo(_dump(report.as_dict()))
+        return
+    click.echo(f"  {'#':>3}  word  span      sentence")
+    for i, item in enumerate(report.items, 1):
+        click.echo(f"  {i:>3}  {item.word}  {_span(item.start, item.end):<8}  {_snippet(item.sentence, 70)}")
+    layers_text = " ".join(str(x) for x in report.layers)
+    click.echo(f"word vectors ({report.combine} of layers {layers_text}), cosine:")
+    for line in _matrix_lines(report.matrix):
+        click.echo(line)
+    click.echo(f"sentence vectors (layer {report.sentence_layer}, {encoder.pooling}), cosine:")
+    for line in _matrix_lines(report.sentence_matrix):
+        click.echo(line)
+
+
+@cli.command("layers")
+@click.argument("texts", nargs=-1)
+@token_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the value spread and the similarity by layer into this PNG file (needs semsearch[plot]).")
+def layers_cmd(texts, model, keep_hangul, as_json, plot_path) -> None:
+    """Layer by layer: the range and spread of TEXTS' token values and, for two
+    texts or more, the first text's similarity to the others.
+
+    The similarity is the cosine of the mean token vectors (the sentence vector
+    at that layer); * marks the layer sentence vectors use (-2).
+
+    \b
+    Example:
+      semsearch layers "How do I reset my password?" "I forgot my login secret."
+      semsearch layers "The bank raised its rates." --plot layers.png
+    """
+    from index.contextual import layer_report
+
+    _check_texts(texts)
+    encoder = _token_encoder(model, keep_hangul)
+    report = layer_report(encoder, list(texts))
+    if plot_path:
+        from index.plots import layer_figure
+
+        click.echo(f"wrote {layer_figure(report, plot_path)}", err=True)
+    if as_json:
+        click.echo(_dump(report.as_dict()))
+        return
+    sims = "".join(f"  1~{k + 2:<4}" for k in range(len(texts) - 1))
+    click.echo(f"  layer      min      max     mean      std      p1      p99{sims}")
+    for s in report.layers:
+        mark = "*" if s.layer == report.sentence_layer else " "
+        cells = "".join(f"  {x:6.3f}" for x in s.similarity)
+        click.echo(f"  {s.layer:>4}{mark} {s.minimum:8.3f} {s.maximum:8.3f} {s.mean:8.3f} {s.std:8.3f} "
+                   f"{s.p01:7.3f} {s.p99:8.3f}{cells}")
 
 
 @cli.command("eval")
@@ -678,7 +942,7 @@ def faq_group() -> None:
 @model_options()
 @quiet_option
 def faq_build(sources, index_path, force, question_field, answer_field, id_field, fmt, model, layer, pooling,
-              max_length, precision, backend, quiet) -> None:
+              max_length, precision, backend, keep_hangul, quiet) -> None:
     """Index FAQ entries (question and answer) from JSONL, CSV or TSV.
 
     \b
@@ -697,7 +961,7 @@ def faq_build(sources, index_path, force, question_field, answer_field, id_field
     started = time.monotonic()
     index, result = Index.build(index_path, faq_documents(entries), force=force, progress=progress, model=model,
                                 layer=layer, pooling=pooling, max_length=max_length, precision=precision,
-                                backend=backend)
+                                backend=backend, keep_hangul=keep_hangul)
     progress.finish()
     _report_add(result, index_path, time.monotonic() - started, report)
     click.echo(f"{index_path}: {len(entries)} FAQ entries; run `semsearch faq calibrate` to decide when it answers",

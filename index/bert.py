@@ -1,7 +1,8 @@
 """The lean BERT forward pass: transformers' BertModel arithmetic without its per-call machinery.
 
 Owns ``lean_hidden`` (the last kept hidden layer, computed with the model's own
-weights and SDPA) and the test of whether an encoder may use it:
+weights and SDPA), ``lean_hidden_states`` (every layer up to a given one, for
+token vectors) and the test of whether an encoder may use it:
 ``choose_lean`` accepts only a plain BERT encoder (``eligible``) whose probe
 vectors with the lean pass agree within ``TOLERANCE`` with transformers' own
 forward. The encoder calls it as ``bert.lean_hidden`` so that a test can
@@ -56,20 +57,41 @@ def lean_hidden(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     builders), which costs more than the arithmetic for a short query.
     Returns the output of the last layer left in ``model.encoder.layer``.
     """
-    token_types = torch.zeros_like(input_ids)
-    hidden = model.embeddings(input_ids=input_ids, token_type_ids=token_types)
+    hidden = _embeddings(model, input_ids)
     attend = mask.bool()[:, None, None, :]
     for layer in model.encoder.layer:
-        att = layer.attention.self
-        b, t, _ = hidden.shape
-        shape = (b, t, -1, att.attention_head_size)
-        q = att.query(hidden).view(shape).transpose(1, 2)
-        k = att.key(hidden).view(shape).transpose(1, 2)
-        v = att.value(hidden).view(shape).transpose(1, 2)
-        ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend)
-        ctx = ctx.transpose(1, 2).reshape(b, t, -1)
-        out = layer.attention.output
-        hidden = out.LayerNorm(out.dense(ctx) + hidden)
-        inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
-        hidden = layer.output.LayerNorm(layer.output.dense(inner) + hidden)
+        hidden = _layer(layer, hidden, attend)
     return hidden
+
+
+def lean_hidden_states(model, input_ids: torch.Tensor, mask: torch.Tensor, upto: int) -> list[torch.Tensor]:
+    """The embeddings and the outputs of the first ``upto`` layers (``hidden_states[:upto + 1]``
+    of transformers' forward), computing no layer above ``upto``."""
+    hidden = _embeddings(model, input_ids)
+    attend = mask.bool()[:, None, None, :]
+    states = [hidden]
+    for layer in model.encoder.layer[:upto]:
+        hidden = _layer(layer, hidden, attend)
+        states.append(hidden)
+    return states
+
+
+def _embeddings(model, input_ids: torch.Tensor) -> torch.Tensor:
+    return model.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+
+
+def _layer(layer, hidden: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+    """One BertLayer: self-attention (SDPA), then the feed-forward block, each with its residual
+    and LayerNorm."""
+    att = layer.attention.self
+    b, t, _ = hidden.shape
+    shape = (b, t, -1, att.attention_head_size)
+    q = att.query(hidden).view(shape).transpose(1, 2)
+    k = att.key(hidden).view(shape).transpose(1, 2)
+    v = att.value(hidden).view(shape).transpose(1, 2)
+    ctx = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+    ctx = ctx.transpose(1, 2).reshape(b, t, -1)
+    out = layer.attention.output
+    hidden = out.LayerNorm(out.dense(ctx) + hidden)
+    inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+    return layer.output.LayerNorm(layer.output.dense(inner) + hidden)

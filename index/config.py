@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from . import options
 from .errors import ConfigMismatchError, ModelLoadError
 
-INFO_KEYS = ("model", "model_fingerprint", "layer", "pooling", "max_length", "precision", "backend")
+INFO_KEYS = ("model", "model_fingerprint", "layer", "pooling", "max_length", "precision", "backend", "keep_hangul")
 
 
 def embedded_model_path() -> Path:
@@ -64,6 +64,7 @@ class EncoderConfig:
     precision: str = field(default_factory=lambda: options.DEFAULT_PRECISION)  # read when made
     fingerprint: str | None = None
     backend: str = field(default_factory=lambda: options.DEFAULT_BACKEND)  # auto, onnx or torch
+    keep_hangul: bool = True  # recompose Hangul syllables a tokenizer would cut into jamo (see hangul)
 
     @classmethod
     def for_model(cls, model: str | os.PathLike | None = None, **settings: Any) -> "EncoderConfig":
@@ -86,7 +87,7 @@ class EncoderConfig:
         return {
             "model": self.model, "model_fingerprint": self.fingerprint, "layer": self.layer,
             "pooling": self.pooling, "max_length": self.max_length, "precision": self.precision,
-            "backend": self.backend,
+            "backend": self.backend, "keep_hangul": self.keep_hangul,
         }
 
     @classmethod
@@ -96,11 +97,13 @@ class EncoderConfig:
             max_length=int(info["max_length"]), precision=info["precision"],
             fingerprint=info.get("model_fingerprint"),
             backend=info.get("backend") or options.DEFAULT_BACKEND,  # indexes from before backends: auto
+            keep_hangul=bool(info.get("keep_hangul", False)),  # indexes from before it kept the model's split
         )
 
     def merge(self, *, model: str | os.PathLike | None = None, layer: int | None = None,
               pooling: str | None = None, max_length: int | None = None,
-              precision: str | None = None, backend: str | None = None) -> "EncoderConfig":
+              precision: str | None = None, backend: str | None = None,
+              keep_hangul: bool | None = None) -> "EncoderConfig":
         """The request of a rebuild: unset values keep the recorded ones. Another model starts
         from its own max length (unless given) and from an unknown fingerprint."""
         merged = replace(
@@ -110,6 +113,7 @@ class EncoderConfig:
             max_length=self.max_length if max_length is None else max_length,
             precision=self.precision if precision is None else precision,
             backend=self.backend if backend is None else backend,
+            keep_hangul=self.keep_hangul if keep_hangul is None else keep_hangul,
         )
         if model is not None:
             merged = replace(merged, model=resolve_model(model)[0],

@@ -15,16 +15,23 @@ chooses and builds one.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from . import assemble, options
+from . import assemble, options, words
 from .config import EncoderConfig
 from .text import has_hangul, normalize_text
-from .tokenizer import TokenizedText, Tokenizer, decomposes_hangul
+from .hangul import HangulPolicy
+from .tokenizer import TokenizedText, Tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .token_model import HiddenStates
+
+log = logging.getLogger("semsearch")
 
 __all__ = ["Encoder", "TokenizedText"]
 
@@ -35,7 +42,8 @@ MAX_BATCH_TEXTS = 128
 PAD_MULTIPLE = 16
 PAD_FROM = 32
 FILL = 0.9  # a batch holds texts of at least this share of its longest one's tokens
-DESCRIBE_KEYS = ("model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend")
+DESCRIBE_KEYS = ("model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
+                 "keep_hangul")
 
 
 class Encoder:
@@ -62,6 +70,8 @@ class Encoder:
         self.probe_cosine: float | None = None  # reduced precision against fp32 on the probe texts
         self.export_cosine: float | None = None  # an ONNX graph against the fp32 reference
         self._hangul_warned = False
+        self.keep_hangul = False  # the tokenizer as the model has it, until set_keep_hangul
+        self._hidden_states = None  # the whole model, loaded for token vectors (``hidden_states``)
 
     # --- the per-process cache --------------------------------------------------------------
     _cache: dict[tuple, "Encoder"] = {}
@@ -76,6 +86,7 @@ class Encoder:
         key = (config.request(), batch_size, device)
         if key not in cls._cache:
             encoder = assemble.load_encoder(cls, config.request(), batch_size, device, expect=config.fingerprint)
+            encoder.set_keep_hangul(config.keep_hangul)
             cls._cache[key] = encoder
             # Asking for what it resolved to (as an index records it) gives the same encoder.
             cls._cache.setdefault((encoder.config.request(), batch_size, device), encoder)
@@ -85,10 +96,11 @@ class Encoder:
     def load(cls, model: str | os.PathLike | None = None, *, layer: int = options.DEFAULT_LAYER,
              pooling: str = options.DEFAULT_POOLING, max_length: int | None = None,
              batch_size: int | None = options.DEFAULT_BATCH_SIZE, precision: str | None = None,
-             device: str | None = None, backend: str | None = None) -> "Encoder":
+             device: str | None = None, backend: str | None = None,
+             keep_hangul: bool | None = None) -> "Encoder":
         """Load (once per process and configuration) an encoder for ``model`` (None: embedded)."""
         config = EncoderConfig.for_model(model, layer=layer, pooling=pooling, max_length=max_length,
-                                         precision=precision, backend=backend)
+                                         precision=precision, backend=backend, keep_hangul=keep_hangul)
         return cls.for_config(config, batch_size=batch_size, device=device)
 
     @classmethod
@@ -125,7 +137,8 @@ class Encoder:
         """The resolved configuration: fingerprint and max length set, the precision in use."""
         return EncoderConfig(model=self.model_name, layer=self.layer, pooling=self.pooling,
                              max_length=self.max_length, precision=self.precision,
-                             fingerprint=self.fingerprint, backend=self.backend_request)
+                             fingerprint=self.fingerprint, backend=self.backend_request,
+                             keep_hangul=self.keep_hangul)
 
     def describe(self) -> dict:
         """The configuration an index records."""
@@ -153,17 +166,58 @@ class Encoder:
         self._check_hangul(texts)
         return out
 
+    def set_keep_hangul(self, keep_hangul: bool) -> None:
+        """Keep Hangul syllables whole (when the tokenizer would split them and the vocabulary has
+        them) or use the model's own tokenisation; see ``hangul``."""
+        self.tokenizer = self.tokenizer.with_hangul(keep_hangul, self.model_name)
+        self.keep_hangul = keep_hangul
+        self._hangul_warned = False
+
+    @property
+    def hangul(self) -> HangulPolicy:
+        """What the tokenizer does with Hangul syllables."""
+        if self.tokenizer.hangul is None:
+            self.tokenizer = self.tokenizer.with_hangul(self.keep_hangul, self.model_name)
+        return self.tokenizer.hangul
+
     def _check_hangul(self, texts: Sequence[str]) -> None:
+        """Say once, when Korean text first arrives, how its syllables are tokenised (if it matters)."""
         if self._hangul_warned or not any(has_hangul(t) for t in texts[:64]):
             return
         self._hangul_warned = True
-        if decomposes_hangul(self.tokenizer):
-            warnings.warn(
-                f"the tokenizer of {self.model_name} splits Hangul syllables into jamo "
-                "(an uncased tokenizer strips accents through NFD); Korean text will be "
-                "poorly represented: use a cased multilingual or a Korean model",
-                stacklevel=3,
-            )
+        message = self.hangul.message()
+        if message is None:
+            return
+        kind, text = message
+        if kind == "note":
+            log.info(text)
+        else:
+            warnings.warn(text, stacklevel=3)
+
+    # --- token level (the tutorial's other half; see ``words``) ------------------------------
+    def tokens(self, text: str) -> list["words.Token"]:
+        """The tokens of ``text`` as the model sees it, with word indexes and character spans."""
+        self._check_hangul([text])
+        return words.text_tokens(self.tokenizer, text, self.window)
+
+    @property
+    def hidden_states(self) -> "HiddenStates":
+        """The whole model in fp32 (loaded on first use) for token and word vectors."""
+        if self._hidden_states is None:
+            from .token_model import HiddenStates
+
+            self._hidden_states = HiddenStates(self.model_name, self.model_path)
+        return self._hidden_states
+
+    def token_vectors(self, texts: Sequence[str], layers: Sequence[int] = words.WORD_LAYERS,
+                      combine: str = "sum") -> list["words.TokenVectors"]:
+        """A vector per token of each text from the chosen layers (default: the last four, summed)."""
+        return words.token_vectors(self, texts, layers, combine)
+
+    def word_vectors(self, texts: Sequence[str], layers: Sequence[int] = words.WORD_LAYERS,
+                     combine: str = "sum", pieces: str = "mean") -> list["words.WordVectors"]:
+        """A vector per word of each text, its word pieces merged (``mean`` or ``first``)."""
+        return words.word_vectors(self, texts, layers, combine, pieces)
 
     # --- encoding ---------------------------------------------------------------
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None,

@@ -32,7 +32,7 @@ __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
-    "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
+    "keep_hangul", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
     "created_at", "updated_at",
 })
 
@@ -64,6 +64,7 @@ class Index:
         passage_overlap: int | None = None,
         precision: str | None = None,
         backend: str | None = None,
+        keep_hangul: bool | None = None,
         index_type: str = options.DEFAULT_INDEX_TYPE,
         batch_size: int = options.DEFAULT_BATCH_SIZE,
         device: str | None = None,
@@ -82,7 +83,7 @@ class Index:
         folder.check_destination(path, force)
         registry.resolve_type(index_type, 0)  # validates the name before anything is written
         request = EncoderConfig.for_model(model, layer=layer, pooling=pooling, max_length=max_length,
-                                          precision=precision, backend=backend)
+                                          precision=precision, backend=backend, keep_hangul=keep_hangul)
         encoder = Encoder.for_config(request, batch_size=batch_size, device=device)
         if passage_overlap is None:
             passage_overlap = min(options.DEFAULT_PASSAGE_OVERLAP, encoder.window // 4)
@@ -217,7 +218,7 @@ class Index:
                 layer=cfg["layer"], pooling=cfg["pooling"], dimension=cfg["dimension"],
                 max_length=cfg["max_length"], passage_tokens=cfg["passage_tokens"],
                 passage_overlap=cfg["passage_overlap"], precision=cfg["precision"],
-                backend=cfg.get("backend") or options.DEFAULT_BACKEND,
+                backend=cfg.get("backend") or options.DEFAULT_BACKEND, keep_hangul=bool(cfg.get("keep_hangul", False)),
                 index_type=cfg.get("index_type", options.DEFAULT_INDEX_TYPE), vector_index=snap.vectors.describe(),
                 schema_version=SCHEMA_VERSION, generation=snap.generation, documents=docs, passages=passages,
                 vectors=snap.vectors.ntotal, complete=bool(cfg.get("complete", True)),
@@ -280,6 +281,7 @@ class Index:
         passage_overlap: int | None = None,
         precision: str | None = None,
         backend: str | None = None,
+        keep_hangul: bool | None = None,
         index_type: str | None = None,
         progress: Progress | None = None,
     ) -> RebuildResult:
@@ -292,12 +294,12 @@ class Index:
         if index_type is not None:
             registry.resolve_type(index_type, 0)  # validates the name
         only_type = index_type is not None and all(
-            v is None for v in (model, layer, pooling, max_length, passage_overlap, precision, backend))
+            v is None for v in (model, layer, pooling, max_length, passage_overlap, precision, backend, keep_hangul))
         with self.writer() as writer:
             if only_type:
                 return writer.reindex(index_type)
             request = EncoderConfig.from_info(self.config).merge(
                 model=model, layer=layer, pooling=pooling, max_length=max_length, precision=precision,
-                backend=backend)
+                backend=backend, keep_hangul=keep_hangul)
             return writer.rebuild(request, passage_overlap=passage_overlap, index_type=index_type,
                                   progress=progress)

@@ -39,3 +39,8 @@ COMMIT_EVERY = 1000  # documents per committed transaction while adding
 
 # --- input ---------------------------------------------------------------------------------
 FORMATS = ("jsonl", "csv", "tsv", "text", "lines")
+
+# --- token and word vectors -----------------------------------------------------------------
+WORD_LAYERS = (-4, -3, -2, -1)  # the tutorial's word vectors: the last four layers...
+COMBINES = ("sum", "mean", "concat")  # ...summed (or averaged, or concatenated)
+PIECES = ("mean", "first")  # a word's vector from its word pieces

@@ -65,6 +65,7 @@ class IndexInfo:
     passage_overlap: int
     precision: str
     backend: str  # as asked: auto (the faster on each machine), onnx or torch
+    keep_hangul: bool  # Hangul syllables kept whole where the tokenizer would cut them into jamo
     index_type: str
     vector_index: str  # what the FAISS index is now (auto and untrained IVF resolve by size)
     schema_version: int

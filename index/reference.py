@@ -25,15 +25,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def hidden_state_vectors(model_path: str, texts: Sequence[str], layer: int, pooling: str, max_length: int,
-                         model=None, tokenizer=None) -> np.ndarray:
+                         model=None, tokenizer=None, keep_hangul: bool = False) -> np.ndarray:
     """fp32 vectors ``(len(texts), dimension)`` of ``texts`` from the full model at ``model_path``
-    (or the given full fp32 ``model`` and transformers ``tokenizer``), one text at a time."""
+    (or the given full fp32 ``model`` and transformers ``tokenizer``), one text at a time.
+    ``keep_hangul`` applies ``hangul.apply`` to a tokenizer loaded here, as the encoder does."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     from .pooling import pool
 
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_path)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if keep_hangul:
+            from .hangul import apply
+
+            apply(tokenizer.backend_tokenizer, True, model_path)
     full = model if model is not None else AutoModel.from_pretrained(model_path).eval()
     rows = []
     with torch.inference_mode():
@@ -48,7 +54,8 @@ def reference_vectors(encoder: "Encoder", texts: Sequence[str]) -> np.ndarray:
     """The reference vectors of ``texts`` for ``encoder``'s model, layer, pooling and max length."""
     if not texts:
         return np.empty((0, encoder.dimension), dtype=np.float32)
-    return hidden_state_vectors(encoder.model_path, texts, encoder.layer, encoder.pooling, encoder.max_length)
+    return hidden_state_vectors(encoder.model_path, texts, encoder.layer, encoder.pooling, encoder.max_length,
+                                keep_hangul=encoder.keep_hangul)
 
 
 def reference_min_cosine(encoder: "Encoder", texts: Sequence[str] = PROBE_TEXTS) -> float:

@@ -10,7 +10,8 @@ windows the ids itself.
 
 It gives content ids (no special tokens) with each token's character span,
 the special tokens the model puts around a text, the padding id, and whether
-the tokenizer splits Hangul syllables into jamo.
+the tokenizer splits Hangul syllables into jamo (``with_hangul`` makes a copy
+that keeps them whole, see ``hangul``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from tokenizers import Tokenizer as RustTokenizer
 
+from . import hangul
 from .errors import ModelLoadError
-from .text import is_jamo_piece
+from .hangul import HangulPolicy
 
 CHUNK_CHARS = 100_000  # a long text is tokenised in pieces of about this many characters
 
@@ -45,6 +47,7 @@ class Tokenizer:
 
     def __init__(self, rust: RustTokenizer, pad_id: int | None = None):
         self.rust = rust
+        self.hangul: HangulPolicy | None = None  # set by with_hangul
         padding = rust.padding
         self.pad_id = int(pad_id if pad_id is not None else (padding or {}).get("pad_id", 0) or 0)
         rust.no_padding()
@@ -61,6 +64,13 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: Path, pad_id: int | None = None) -> "Tokenizer":
         return cls(RustTokenizer.from_file(str(path)), pad_id)
+
+    def with_hangul(self, keep_hangul: bool, model: str) -> "Tokenizer":
+        """A copy that keeps Hangul syllables whole when asked and possible (``hangul.apply``);
+        its ``hangul`` says what happened. The original is left as it is."""
+        copy = Tokenizer(RustTokenizer.from_str(self.rust.to_str()), self.pad_id)
+        copy.hangul = hangul.apply(copy.rust, keep_hangul, model)
+        return copy
 
     def save(self, path: Path) -> None:
         Path(path).write_text(self.rust.to_str(), encoding="utf-8")
@@ -109,7 +119,7 @@ class Tokenizer:
 
 def decomposes_hangul(tokenizer: Tokenizer) -> bool:
     """True when the tokenizer turns the syllable 배 into jamo pieces (the NFD accent-strip trap)."""
-    return any(is_jamo_piece(tok) for tok in tokenizer.tokenize("배"))
+    return hangul.splits_hangul(tokenizer.rust)
 
 
 def _chunks(text: str, size: int) -> Iterator[tuple[int, str]]:

@@ -134,6 +134,7 @@ class IndexInfoModel(BaseModel):
     passage_overlap: int
     precision: str
     backend: str
+    keep_hangul: bool = Field(description="Hangul syllables kept whole where the tokenizer would cut them into jamo.")
     index_type: str = Field(description="As asked: flat, hnsw, ivf, ivfpq or auto.")
     vector_index: str = Field(description="What the FAISS index is now.")
     schema_version: int

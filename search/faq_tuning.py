@@ -116,7 +116,8 @@ def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]
 
     cfg = index.config
     encoder = Encoder.load(cfg["model"], layer=layer, pooling=cfg["pooling"], max_length=cfg["max_length"],
-                           precision=cfg["precision"], backend=cfg.get("backend"))
+                           precision=cfg["precision"], backend=cfg.get("backend"),
+                           keep_hangul=bool(cfg.get("keep_hangul", False)))
     ids = [doc_id for rows in index.store.iter_documents() for doc_id, _ in rows]
     docs = index.store.documents(ids)
     entries = [str(docs[d][1].get("faq_id", d)) for d in ids]

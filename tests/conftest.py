@@ -3,66 +3,18 @@
 from __future__ import annotations
 
 import os
-import string
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tiny_model import make_tiny_bert  # noqa: F401  (tests import it from here too)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Exported ONNX graphs go to a cache of the tests' own (never the user's), kept between runs:
 # entries are keyed by model fingerprint and checked by hash, so a stale one is never used.
 # Child processes started by the tests inherit it.
 os.environ.setdefault("SEMSEARCH_CACHE", str(Path(tempfile.gettempdir()) / "semsearch-test-cache"))
-
-WORDS = """
-the a an of to and in is it you i my me we how do does can what where when why who
-reset password login account delete remove invoice billing bank river money boat ship
-sea eat pear fruit rates raised sat on find see forgot secret email address change
-document passage search index query test long text quick brown fox jumps over lazy dog
-number cat sat mat hello world korean english apple orange
-""".split()
-
-
-def _vocab() -> list[str]:
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += list(string.ascii_lowercase + string.digits + string.punctuation)
-    tokens += ["##" + c for c in string.ascii_lowercase + string.digits]
-    tokens += WORDS
-    # Hangul: every syllable, alone and as a continuation piece, plus the jamo an
-    # accent-stripping tokenizer would produce.
-    syllables = [chr(c) for c in range(0xAC00, 0xD7A4)]
-    tokens += syllables + ["##" + s for s in syllables]
-    jamo = [chr(c) for c in range(0x1100, 0x1200)]
-    tokens += jamo + ["##" + j for j in jamo]
-    return list(dict.fromkeys(tokens))
-
-
-def make_tiny_bert(folder: Path, seed: int = 0, strip_accents: bool | None = False, layers: int = 3) -> Path:
-    """Save a randomly initialised BERT and its WordPiece tokenizer as a transformers folder."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = _vocab()
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    options = dict(do_lower_case=True, strip_accents=strip_accents)
-    try:  # transformers 5 takes the vocabulary itself
-        tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, **options)
-    except TypeError:
-        tokenizer = None
-    if tokenizer is None or len(tokenizer.get_vocab()) != len(vocab):  # transformers 4
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), **options)
-    assert len(tokenizer.get_vocab()) == len(vocab)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )
-    BertModel(config).eval().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(autouse=True)
