@@ -109,9 +109,47 @@ def search_options(f):
     return f
 
 
+def hybrid_option(f):
+    return click.option("--hybrid/--no-hybrid", "hybrid", default=None,
+                        help="Fuse a BM25 ranking with the vector ranking by reciprocal rank (default: as the "
+                             "index records, off unless built with --hybrid; an index without a BM25 index gets "
+                             "one built in memory). Needs bm25s.")(f)
+
+
 def wait_option(f):
     return click.option("--wait", is_flag=True,
                         help="If another process is writing the index, wait for it instead of failing.")(f)
+
+
+def engine_options(f):
+    f = click.option("--ray-actors", type=click.IntRange(1), default=None,
+                     help="With --engine ray: encoder actors (default: one per CPU of the Ray cluster).")(f)
+    f = click.option("--ray-address", default=None, metavar="ADDR",
+                     help="With --engine ray: the Ray cluster (auto: the one this machine joined with `ray start`; "
+                          "ray://HOST:10001 for a remote one; default: a new Ray on this machine).")(f)
+    f = click.option("--engine", type=click.Choice(options.ENGINES), default="local", show_default=True,
+                     help="Who encodes: this process, or a Ray actor pool (pip install 'semsearch[ray]'); "
+                          "this process writes the index either way.")(f)
+    return f
+
+
+def _encoding_engine(engine, ray_address, ray_actors, batch_size):
+    """None for the local engine (the index's own encoder), else the Ray engine."""
+    if engine != "ray":
+        if ray_address or ray_actors:
+            raise SemsearchError("--ray-address and --ray-actors need --engine ray")
+        return None
+    from index.ray_engine import RayEngine, RaySettings
+
+    return RayEngine(RaySettings(address=ray_address, actors=ray_actors, batch_size=batch_size))
+
+
+def _open_for_writing(index_path, **kw):
+    """An index folder opened for adding or deleting: sharded or not, whichever it holds."""
+    from index.indexer import Index
+    from index.shards import ShardedIndex, is_sharded
+
+    return (ShardedIndex if is_sharded(index_path) else Index).open(index_path, **kw)
 
 
 def model_options(default_layer: int | None = options.DEFAULT_LAYER):
@@ -235,30 +273,52 @@ def index_group() -> None:
               help="Tokens shared by consecutive passages of a long document (default: 32, at most a quarter of the window).")
 @click.option("--index-type", type=click.Choice(options.INDEX_TYPES), default=options.DEFAULT_INDEX_TYPE,
               show_default=True, help="FAISS index: exact flat, or approximate (auto chooses by size).")
+@click.option("--target-recall", type=float, default=None,
+              help="Recall@10 against exact search that approximate indexes tune their search settings to, "
+                   "measured on the index's own passages (default 0.95).")
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
               help="Texts per model call.")
+@click.option("--hybrid", is_flag=True,
+              help="Also keep a BM25 index of the passages (updated with every write) and make queries fuse it "
+                   "with the vectors by default (needs bm25s: pip install 'semsearch[hybrid]').")
+@click.option("--shards", type=click.IntRange(1), default=None,
+              help="Make a sharded index: N indexes in the folder, each document in the one its id hashes to.")
+@engine_options
 @source_options
 @quiet_option
 def index_build(sources, index_path, force, model, layer, pooling, max_length, precision, backend, keep_hangul,
-                passage_overlap, index_type, batch_size, id_field, text_field, fmt, strict, quiet) -> None:
+                passage_overlap, index_type, target_recall, batch_size, hybrid, shards, engine, ray_address,
+                ray_actors, id_field, text_field, fmt, strict, quiet) -> None:
     """Create an index from SOURCES (JSONL, CSV, TSV, .txt/.md files, folders, or - for stdin).
 
     \b
     Example:
       semsearch index build corpus.jsonl --index my-index
       semsearch index build notes/ --index notes-index --layer -1
+      semsearch index build corpus.jsonl --index my-index --hybrid
       cat faq.jsonl | semsearch index build - --index faq-index --force
+      semsearch index build corpus.jsonl --index big --shards 4 --engine ray --ray-address auto
     """
+    from functools import partial
+
     from index.indexer import Index
 
+    build = Index.build
+    if shards:
+        from index.shards import ShardedIndex
+
+        if hybrid:
+            raise SemsearchError("--hybrid is not available with --shards (BM25 statistics would differ per shard)")
+        build = partial(ShardedIndex.build, shards=shards)
+    encoder_engine = _encoding_engine(engine, ray_address, ray_actors, batch_size)
     docs, report = _read_sources(sources, id_field, text_field, fmt, strict)
     progress = Progress("encoding documents", quiet=quiet)
     started = time.monotonic()
-    index, result = Index.build(
-        index_path, docs, force=force, progress=progress, model=model, layer=layer, pooling=pooling,
+    index, result = build(
+        index_path, docs, force=force, progress=progress, engine=encoder_engine, model=model, layer=layer, pooling=pooling,
         max_length=max_length, passage_overlap=passage_overlap, precision=precision, backend=backend,
         keep_hangul=keep_hangul, batch_size=batch_size,
-        index_type=index_type,
+        index_type=index_type, target_recall=target_recall, hybrid=hybrid,
     )
     progress.finish()
     _report_add(result, index_path, time.monotonic() - started, report)
@@ -279,23 +339,27 @@ def _report_int8(index) -> None:
 @index_option
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
               help="Texts per model call.")
+@engine_options
 @source_options
 @quiet_option
 @wait_option
-def index_add(sources, index_path, batch_size, id_field, text_field, fmt, strict, quiet, wait) -> None:
+def index_add(sources, index_path, batch_size, engine, ray_address, ray_actors, id_field, text_field, fmt, strict,
+              quiet, wait) -> None:
     """Add or replace documents (an existing id is replaced; unchanged texts are not re-encoded).
+
+    On a sharded index each document goes to the shard its id hashes to.
 
     \b
     Example:
       semsearch index add new-articles.jsonl --index my-index
+      semsearch index add new-articles.jsonl --index my-index --engine ray --ray-address auto
     """
-    from index.indexer import Index
-
-    index = Index.open(index_path, batch_size=batch_size, wait=wait)
+    index = _open_for_writing(index_path, batch_size=batch_size, wait=wait)
+    encoder_engine = _encoding_engine(engine, ray_address, ray_actors, batch_size)
     docs, report = _read_sources(sources, id_field, text_field, fmt, strict)
     progress = Progress("encoding documents", quiet=quiet)
     started = time.monotonic()
-    result = index.add(docs, progress=progress)
+    result = index.add(docs, progress=progress, engine=encoder_engine)
     progress.finish()
     _report_add(result, index_path, time.monotonic() - started, report)
 
@@ -305,15 +369,13 @@ def index_add(sources, index_path, batch_size, id_field, text_field, fmt, strict
 @index_option
 @wait_option
 def index_delete(ids, index_path, wait) -> None:
-    """Delete documents by id.
+    """Delete documents by id (from their shards, on a sharded index).
 
     \b
     Example:
       semsearch index delete faq12 faq13 --index my-index
     """
-    from index.indexer import Index
-
-    result = Index.open(index_path, wait=wait).delete(ids)
+    result = _open_for_writing(index_path, wait=wait).delete(ids)
     click.echo(f"{index_path}: deleted {len(result.deleted)} document(s)", err=True)
     if result.missing:
         click.echo(f"warning: not in the index: {', '.join(result.missing[:10])}", err=True)
@@ -325,12 +387,14 @@ def index_delete(ids, index_path, wait) -> None:
 @click.option("--passage-overlap", type=int, default=None, help="Tokens shared by consecutive passages (default: as recorded).")
 @click.option("--index-type", type=click.Choice(options.INDEX_TYPES), default=None,
               help="Switch the FAISS index type (alone, this re-indexes the stored vectors without encoding).")
+@click.option("--target-recall", type=float, default=None,
+              help="Tune the search settings of an approximate index to this recall@10 (default: as recorded).")
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
               help="Texts per model call.")
 @quiet_option
 @wait_option
 def index_rebuild(index_path, model, layer, pooling, max_length, precision, backend, keep_hangul, passage_overlap,
-                  index_type, batch_size, quiet, wait) -> None:
+                  index_type, target_recall, batch_size, quiet, wait) -> None:
     """Re-encode every stored document, optionally with another model, layer or pooling.
 
     Searches keep using the old vectors until the new ones are complete.
@@ -338,6 +402,7 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, back
     \b
     Example:
       semsearch index rebuild --layer -1 --index my-index
+      semsearch index rebuild --index-type ivf --target-recall 0.98 --index my-index
     """
     from index.indexer import Index
 
@@ -345,7 +410,7 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, back
     progress = Progress("re-encoding documents", total=index.store.counts()[0], quiet=quiet)
     result = index.rebuild(model=model, layer=layer, pooling=pooling, max_length=max_length,
                            passage_overlap=passage_overlap, precision=precision, backend=backend,
-                           keep_hangul=keep_hangul, index_type=index_type,
+                           keep_hangul=keep_hangul, index_type=index_type, target_recall=target_recall,
                            progress=progress)
     progress.finish()
     _report_int8(index)
@@ -359,21 +424,62 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, back
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def index_info(index_path, as_json) -> None:
-    """Show an index's model, layer, pooling, sizes and counts.
+    """Show an index's model, layer, pooling, sizes and counts (and its shards, when sharded).
 
     \b
     Example:
       semsearch index info --index my-index --json
     """
     from index.indexer import Index
+    from index.shards import ShardedIndex, is_sharded
 
-    info = Index.open(index_path).info().as_dict()
-    if as_json:
-        click.echo(_dump(info))
+    if is_sharded(index_path):
+        sharded = ShardedIndex.open(index_path).info()
+        if as_json:
+            click.echo(_dump(sharded.as_dict()))
+            return
+        info = {k: v for k, v in sharded.as_dict().items() if k != "shards"}
+        info.update({f"shard {n}": f"{s.path}: {s.documents} documents, {s.passages} passages, generation "
+                                   f"{s.generation}" for n, s in enumerate(sharded.shards)})
+        info.update({k: v for k, v in sharded.shards[0].as_dict().items() if k not in info and k not in (
+            "path", "documents", "passages", "vectors", "generation", "complete", "created_at", "updated_at")})
     else:
-        width = max(len(k) for k in info)
-        for key, value in info.items():
-            click.echo(f"{key.ljust(width)}  {value}")
+        info = Index.open(index_path).info().as_dict()
+        if as_json:
+            click.echo(_dump(info))
+            return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@index_group.command("split")
+@index_option
+@click.option("--shards", type=click.IntRange(1), required=True, help="Number of shards to make.")
+@click.option("--into", "into", required=True, type=click.Path(file_okay=False),
+              help="Folder of the new sharded index (the index itself is left as it is).")
+@click.option("--force", is_flag=True, help="Replace an index already at --into.")
+@quiet_option
+def index_split(index_path, shards, into, force, quiet) -> None:
+    """Copy an index into a sharded one: documents, passages and vectors, without encoding again.
+
+    Each document goes to the shard its id hashes to; searching the sharded
+    index gives the same hits as the original.
+
+    \b
+    Example:
+      semsearch index split --shards 4 --index my-index --into my-index-4
+      semsearch query "refund" --index my-index-4
+    """
+    from index.split import split_index
+
+    progress = Progress("copying documents", quiet=quiet)
+    started = time.monotonic()
+    sharded, result = split_index(index_path, into, shards, force=force, progress=progress)
+    progress.finish()
+    counts = ", ".join(f"{i.documents}" for i in sharded.info().shards)
+    click.echo(f"{into}: {result.added} documents ({result.passages} passages) copied from {index_path} into "
+               f"{shards} shards ({counts} documents) in {time.monotonic() - started:.1f} s", err=True)
 
 
 @index_group.command("check")
@@ -441,22 +547,24 @@ def index_repair(index_path, wait) -> None:
               help="Ask a running `semsearch serve` (e.g. http://127.0.0.1:8000) instead of opening the index "
                    "(default: $SEMSEARCH_SERVER).")
 @search_options
+@hybrid_option
 @quiet_option
 @click.pass_context
-def query(ctx, text, index_path, k, where, as_json, queries_file, server, ef_search, nprobe, quiet) -> None:
+def query(ctx, text, index_path, k, where, as_json, queries_file, server, ef_search, nprobe, hybrid, quiet) -> None:
     """Find the documents that mean the same as TEXT.
 
     \b
     Example:
       semsearch query "I forgot my login secret" -k 5
       semsearch query "refund" --where lang=en --json
+      semsearch query "error E1234 on startup" --hybrid
       semsearch query --queries queries.jsonl --json > results.jsonl
       semsearch query "refund" --server http://127.0.0.1:8000
     """
     if (text is None) == (queries_file is None):
         raise SemsearchError("give either a query TEXT or --queries FILE")
     filters = _parse_where(where)
-    engine = _query_engine(server, index_path, ef_search, nprobe)
+    engine = _query_engine(server, index_path, ef_search, nprobe, hybrid)
     if queries_file:
         from search.beir import load_queries
 
@@ -493,10 +601,10 @@ def query(ctx, text, index_path, k, where, as_json, queries_file, server, ef_sea
 class _LocalEngine:
     """`semsearch query` on an index folder; hits as the JSON dicts the server gives."""
 
-    def __init__(self, index_path, ef_search, nprobe):
-        from search.searcher import Searcher
+    def __init__(self, index_path, ef_search, nprobe, hybrid=None):
+        from search.sharded import open_searcher
 
-        self.searcher = Searcher(index_path, ef_search=ef_search, nprobe=nprobe)
+        self.searcher = open_searcher(index_path, ef_search=ef_search, nprobe=nprobe, hybrid=hybrid)
 
     def search(self, text, k, where):
         return [h.as_dict() for h in self.searcher.search(text, k=k, where=where)]
@@ -507,11 +615,13 @@ class _LocalEngine:
         return [o.as_dict() for o in self.searcher.search_batch([SearchRequest(t, k, where) for t in texts])]
 
 
-def _query_engine(server, index_path, ef_search, nprobe):
+def _query_engine(server, index_path, ef_search, nprobe, hybrid=None):
     if not server:
-        return _LocalEngine(index_path, ef_search, nprobe)
+        return _LocalEngine(index_path, ef_search, nprobe, hybrid)
     if ef_search is not None or nprobe is not None:
         raise SemsearchError("--ef-search and --nprobe apply to an index opened here, not through --server")
+    if hybrid is not None:
+        raise SemsearchError("--hybrid/--no-hybrid apply to an index opened here; a server searches as its index records")
     from search.client import Client
 
     return Client(server)
@@ -829,8 +939,9 @@ def layers_cmd(texts, model, keep_hangul, as_json, plot_path) -> None:
               help="Relevance judgements: TSV query-id, corpus-id, score.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @search_options
+@hybrid_option
 @quiet_option
-def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprobe, quiet) -> None:
+def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprobe, hybrid, quiet) -> None:
     """Measure retrieval quality: nDCG@10, MRR@10 and Recall@1/5/10/100.
 
     Only queries that appear in the qrels are run.
@@ -838,23 +949,25 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprob
     \b
     Example:
       semsearch eval --queries data/queries.jsonl --qrels data/qrels/test.tsv --index my-index
+      semsearch eval --queries data/queries.jsonl --qrels data/qrels/test.tsv --index my-index --hybrid
     """
     from search.evaluation import evaluate_index, format_table, plan_evaluation
-    from search.searcher import Searcher
+    from search.sharded import open_searcher
 
     plan = plan_evaluation(queries_file, qrels_file)
     if plan.empty:
         click.echo(f"warning: {len(plan.empty)} empty quer(ies) count as retrieving nothing: "
                    + ", ".join(plan.empty[:5]), err=True)
-    searcher = Searcher(index_path, ef_search=ef_search, nprobe=nprobe)
+    searcher = open_searcher(index_path, ef_search=ef_search, nprobe=nprobe, hybrid=hybrid)
     progress = Progress("running queries", total=len(plan.queries), quiet=quiet)
     result = evaluate_index(searcher, plan, progress=progress)
     progress.finish()
     cfg = searcher.index.config
-    label = f"layer {cfg['layer']} {cfg['pooling']}"
+    used_hybrid = bool(cfg.get("hybrid", False)) if hybrid is None else hybrid
+    label = f"layer {cfg['layer']} {cfg['pooling']}" + (" hybrid" if used_hybrid else "")
     if as_json:
         click.echo(_dump({"index": index_path, "model": cfg["model"], "layer": cfg["layer"],
-                          "pooling": cfg["pooling"], **result.as_dict()}))
+                          "pooling": cfg["pooling"], "hybrid": used_hybrid, **result.as_dict()}))
     else:
         click.echo(format_table([(label, result)]))
 
@@ -874,22 +987,45 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprob
               help="Micro-batching: how long a question waits for others to share its model call.")
 @click.option("--batch-max", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Micro-batching: most questions per model call (1 turns micro-batching off).")
-def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window_ms, batch_max) -> None:
+@click.option("--engine", type=click.Choice(options.ENGINES), default="local", show_default=True,
+              help="local: this process; ray: each shard a Ray Serve deployment behind one endpoint (read-only; "
+                   "pip install 'semsearch[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="With --engine ray: the Ray cluster (auto: the one this machine joined; default: a new local Ray).")
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True,
+              help="With --engine ray: replicas of each shard's deployment.")
+@click.option("--replica-cpus", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="With --engine ray: CPUs Ray reserves for each replica (shards and the query gateway).")
+def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window_ms, batch_max, engine, ray_address,
+          replicas, replica_cpus) -> None:
     """Serve an index over HTTP: search, FAQ answers, embeddings, writes, and a search page at /.
 
     The model and the index load once; /health says ready after that. The API
     is documented at /docs. Writes (POST/DELETE /documents) need
-    'Authorization: Bearer TOKEN' with the token of --token-file.
+    'Authorization: Bearer TOKEN' with the token of --token-file. With
+    --engine ray, each shard of a sharded index is a Ray Serve deployment and
+    one endpoint answers GET/POST /search and GET /health (read-only).
 
     \b
     Example:
       semsearch serve --index faq-index --port 8000
       curl 'http://127.0.0.1:8000/search?q=forgot+my+password&k=3'
+      semsearch serve --index big --engine ray --ray-address auto --replicas 2 --host 0.0.0.0
     """
     from pathlib import Path
 
     from index.indexer import Index
+    from index.shards import is_sharded
 
+    if engine == "ray":
+        _serve_on_ray(Path(index_path), host, port, token_file, ray_address, replicas, replica_cpus,
+                      batch_window_ms, batch_max)
+        return
+    if ray_address:
+        raise SemsearchError("--ray-address needs --engine ray")
+    if is_sharded(index_path):
+        raise SemsearchError(f"{index_path} is a sharded index: serve it with --engine ray, "
+                             "or search it with `semsearch query`")
     Index.open(index_path).close()  # a missing or damaged index is one line, before the server starts
     token = None
     if token_file:
@@ -916,6 +1052,31 @@ def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window
 
     server.startup = startup
     server.run()
+
+
+def _serve_on_ray(index_path, host, port, token_file, ray_address, replicas, replica_cpus, batch_window_ms,
+                  batch_max) -> None:
+    """`serve --engine ray`: deploy the shards on Ray Serve and wait for Ctrl-C."""
+    if token_file:
+        raise SemsearchError("serve --engine ray is read-only; write with `semsearch index add/delete`")
+    from search.ray_serve import RayServeSettings, start, stop
+
+    start(RayServeSettings(index=index_path, replicas=replicas, replica_cpus=replica_cpus, gateway_cpus=replica_cpus,
+                           batch_max=batch_max, batch_window=batch_window_ms / 1000),
+          host=host, port=port, address=ray_address)
+    click.echo(f"serving {index_path} on Ray Serve at http://{host}:{port} (read-only); Ctrl-C stops", err=True)
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop removes the application too
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop()
+        click.echo(f"stopped serving {index_path}", err=True)
 
 
 # --- the FAQ bot --------------------------------------------------------------------------------

@@ -17,8 +17,18 @@ ivfpq needs at least 9,984 vectors to train; below that it stays flat. It also
 reports the SQLite bytes per passage that semsearch stores in addition
 (``semsearch.db`` / passages of the larger part-1 index; each row holds a
 1,536-byte float32 vector blob, the passage text and offsets).
+Part 3 (``--storage N ...``, alone) times storage, not the model: N
+one-passage documents go through the real ``Index.add`` path (commits of
+``COMMIT_EVERY``, SQLite rows, vector files) with the encoder replaced by a
+deterministic fake, in a child process. It reports the bytes of vector files
+written (bases and deltas) against the final vector files' size, commit
+times, peak RSS, and the commit time of single-document adds to the finished
+index (no encoding in it). ``--full-rewrite`` forces a new base at every
+commit, as before deltas, to compare.
+
 Prints tables and one JSON line.
 
+    python bench/build.py --storage 100000 1000000
     python bench/build.py --quick
     python bench/build.py --sizes 1000 2000 --types flat hnsw --vectors 100000
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -151,6 +162,129 @@ def vector_sizes(n: int, seed: int, work: Path) -> list[dict]:
     return rows
 
 
+# --- part 3: what storage costs, with a fake encoder (--storage) ---------------------------------
+# Runs in a child process (its own peak RSS): builds N one-passage documents through the real
+# Index.add path (commits of COMMIT_EVERY documents, SQLite rows, vector files) with the encoder
+# replaced by a deterministic fake, so that storage and not the model is timed; then adds single
+# documents to the finished index and times each commit.
+STORAGE_CHILD = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+folder, n, ratio, adds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+import index.deltas
+from index import Index
+from index.backends.base import VectorIndex
+from index.records import Passage
+from index.passages import EncodedDocument
+from index.generations import base_generation, chain_names
+
+DIM = 384
+written = {"base": 0, "delta": 0, "bases": 0, "deltas": 0}
+save_base, save_delta = VectorIndex.save, index.deltas.Delta.save
+
+def counted_base(self, path):
+    out = save_base(self, path)
+    written["base"] += os.path.getsize(out); written["bases"] += 1
+    return out
+
+def counted_delta(self, path, dimension, data=None):
+    out = save_delta(self, path, dimension, data)
+    written["delta"] += os.path.getsize(out); written["deltas"] += 1
+    return out
+
+VectorIndex.save, index.deltas.Delta.save = counted_base, counted_delta
+if ratio >= 0:
+    VectorIndex.delta_ratio = ratio
+
+def fake_encode(texts):
+    out = {}
+    for doc_id, text in texts.items():
+        rng = np.random.default_rng(int(doc_id.split("-")[1]))
+        v = rng.standard_normal((1, DIM)).astype(np.float32)
+        out[doc_id] = EncodedDocument([Passage(0, 0, len(text), text)], v / np.linalg.norm(v))
+    return out
+
+class FakeEngine:  # the engine seam of Writer (index.engines): one passage a document, a seeded vector
+    def encode_chunks(self, chunks, settings, progress=None):
+        for chunk in chunks:
+            yield chunk, fake_encode(chunk.texts)
+
+def vm(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key + ":")) / 1024
+
+docs = ({"id": f"doc-{i}", "text": f"synthetic document {i}"} for i in range(n))
+idx = Index.create(folder)
+commits, last = [], [time.perf_counter()]
+def on_commit(ids):
+    now = time.perf_counter(); commits.append(now - last[0]); last[0] = now
+started = time.perf_counter()
+with idx.writer(FakeEngine()) as w:
+    w.add(docs, on_commit=on_commit)
+build_s = time.perf_counter() - started
+build_peak = vm("VmHWM")
+gen = idx.store.generation()
+chain = chain_names(base_generation(idx.store.get_info(), gen), gen)
+final = sum(os.path.getsize(os.path.join(folder, f)) for f in chain)
+during = dict(written)
+idx.close()
+opened = time.perf_counter()
+idx = Index.open(folder)
+with idx.writer(FakeEngine()) as w:
+    open_s = time.perf_counter() - opened
+    single = []
+    for i in range(adds):
+        t = time.perf_counter()
+        w.add([{"id": f"doc-{n + i}", "text": f"synthetic document {n + i}"}])
+        single.append(time.perf_counter() - t)
+print("RESULT " + json.dumps({
+    "passages": n, "build_s": round(build_s, 1), "commits": len(commits),
+    "commit_ms_p50": round(1000 * float(np.median(commits)), 1), "commit_ms_max": round(1000 * max(commits), 1),
+    "vector_bytes_written": during["base"] + during["delta"], "base_bytes_written": during["base"],
+    "delta_bytes_written": during["delta"], "bases_written": during["bases"], "deltas_written": during["deltas"],
+    "final_vector_bytes": final, "written_over_final": round((during["base"] + during["delta"]) / final, 2),
+    "db_bytes": os.path.getsize(os.path.join(folder, "semsearch.db")),
+    "build_peak_rss_mib": round(build_peak), "writer_open_s": round(open_s, 2),
+    "single_add_ms_p50": round(1000 * float(np.median(single)), 1),
+    "single_add_ms_max": round(1000 * max(single), 1), "single_adds": adds,
+    "single_add_bytes": written["base"] + written["delta"] - during["base"] - during["delta"],
+}), flush=True)
+"""
+
+
+def storage_runs(sizes: list[int], ratio: float, adds: int, work: Path) -> list[dict]:
+    out = []
+    for n in sizes:
+        folder = work / f"storage-{n}"
+        done = subprocess.run([sys.executable, "-c", STORAGE_CHILD, str(ROOT), str(folder), str(n), str(ratio),
+                               str(adds)], capture_output=True, text=True, check=False)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"storage run at {n} failed:\n{done.stderr[-3000:]}")
+        out.append(json.loads(line[len("RESULT "):]))
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def storage_main(args) -> int:
+    ratio = 0.0 if args.full_rewrite else -1.0
+    with tempfile.TemporaryDirectory(prefix="semsearch-bench-storage-", dir=args.workdir) as tmp:
+        runs = storage_runs(args.storage, ratio, args.adds, Path(tmp))
+    how = "a new base every commit (the old protocol)" if args.full_rewrite else "deltas, compacted when due"
+    print(f"machine: {cpu_line()}")
+    print(f"part 3: storage with a fake encoder, {how}; COMMIT_EVERY={COMMIT_EVERY}, flat, 384-d")
+    print(f"{'passages':>9} {'build s':>8} {'commit ms p50/max':>18} {'vector MB written':>17} {'final MB':>9} "
+          f"{'written/final':>13} {'bases':>6} {'peak RSS MiB':>13} {'open s':>7} {'1-doc add ms p50/max':>21}")
+    for r in runs:
+        print(f"{r['passages']:>9} {r['build_s']:>8.1f} {r['commit_ms_p50']:>8.1f} / {r['commit_ms_max']:<7.1f} "
+              f"{r['vector_bytes_written'] / 1e6:>17.1f} {r['final_vector_bytes'] / 1e6:>9.1f} "
+              f"{r['written_over_final']:>13.2f} {r['bases_written']:>6} {r['build_peak_rss_mib']:>13} "
+              f"{r['writer_open_s']:>7.2f} {r['single_add_ms_p50']:>9.1f} / {r['single_add_ms_max']:<9.1f}")
+    print(json.dumps({"benchmark": "build-storage", **cpu_info(), "full_rewrite": args.full_rewrite,
+                      "commit_every": COMMIT_EVERY, "runs": runs}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=None, help="documents (default 1000 2000; --quick 150 300)")
@@ -160,7 +294,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--quick", action="store_true", help="150 and 300 documents, 20,000 vectors")
+    parser.add_argument("--storage", type=int, nargs="+", default=None, metavar="N",
+                        help="run part 3 only: build N one-passage documents with a fake encoder (e.g. 100000 1000000)")
+    parser.add_argument("--full-rewrite", action="store_true",
+                        help="part 3 with a new base file at every commit (the protocol before deltas), to compare")
+    parser.add_argument("--adds", type=int, default=20, help="part 3: single-document adds to time")
+    parser.add_argument("--workdir", default=None, help="part 3: where to build (default: the temporary folder)")
     args = parser.parse_args()
+    if args.storage:
+        return storage_main(args)
     corpus = args.data / SCIFACT
     if not corpus.is_file():
         print(f"skipped: SciFact corpus not found at {corpus}", file=sys.stderr)

@@ -86,10 +86,18 @@ def exact_top_docs(index: Index, qvecs: np.ndarray, k: int = 10) -> list[list[st
 
 
 def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]],
-            ef_search: int | None = None, nprobe: int | None = None) -> dict:
+            ef_search: int | None = None, nprobe: int | None = None, tuned: bool = True) -> dict:
+    """Re-index as ``kind`` (which tunes its search settings), then time the queries: with the tuned
+    settings, or (``tuned=False``) with the type's fixed defaults, as before tuning existed."""
     started = time.perf_counter()
-    Index.open(path).rebuild(index_type=kind)  # re-indexes the stored vectors, no encoding
+    index = Index.open(path)
+    index.rebuild(index_type=kind)  # re-indexes the stored vectors (no encoding) and tunes them
     build_s = time.perf_counter() - started
+    tuning = index.config.get("search_tuning")
+    if not tuned:
+        with index.writer() as writer:
+            writer.record({"search_tuning": None})
+    index.close()
     searcher = Searcher(path, ef_search=ef_search, nprobe=nprobe)
     searcher.search(queries[0], k=10)  # loads the model and the FAISS file
     encoder = searcher.encoder
@@ -111,7 +119,9 @@ def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]],
             "p50_ms": round(ms(total, 50), 2), "p99_ms": round(ms(total, 99), 2),
             "embed_p50_ms": round(ms(embed, 50), 2),
             "search_fetch_p50_ms": round(ms(search, 50), 2),
-            "recall_at_10": round(recall, 4), "queries": len(queries)}
+            "recall_at_10": round(recall, 4), "queries": len(queries),
+            "settings": (tuning or {}).get("settings") if tuned else "defaults",
+            "tuning_s": (tuning or {}).get("seconds")}
 
 
 def import_profile(path: Path) -> dict:
@@ -161,6 +171,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="10k and 100k passages, 100 queries")
     parser.add_argument("--ef-search", type=int, default=None, help="override HNSW efSearch")
     parser.add_argument("--nprobe", type=int, default=None, help="override IVF nprobe")
+    parser.add_argument("--untuned", action="store_true",
+                        help="search with each type's fixed default settings instead of the ones tuned at build "
+                             "(the figures before tuning existed)")
     parser.add_argument("--filler", choices=["random", "near"], default="random",
                         help="synthetic vectors: random unit vectors, or noisy copies of the real documents' "
                              "vectors (hard neighbours: a stricter recall test)")
@@ -198,18 +211,20 @@ def main() -> int:
                 use = queries[: max(20, n_queries // 10)]
                 rows.append({"size": size, **measure(path, kind, use, exact[: len(use)])})
             else:
-                rows.append({"size": size, **measure(path, kind, queries, exact, args.ef_search, args.nprobe)})
+                rows.append({"size": size, **measure(path, kind, queries, exact, args.ef_search, args.nprobe,
+                                                     tuned=not args.untuned)})
             print(json.dumps(rows[-1]), file=sys.stderr)
     info = {**cpu_info(), "python": platform.python_version(), "precision": index.encoder.precision,
             "backend": index.encoder.backend, "filler": args.filler, "startup": startup}
     print(f"\nmachine: {cpu_line(info)}; {info['backend']} {info['precision']}, filler vectors: {args.filler}")
-    print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} {'build s':>8}")
+    print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} "
+          f"{'build s':>8}  settings")
     for r in rows:
         if "skipped" in r:
             print(f"{r['size']:>9} {r['type']:>6}   skipped ({r['skipped']})")
             continue
         print(f"{r['size']:>9} {r['type']:>6} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['embed_p50_ms']:>6.2f} "
-              f"{r['search_fetch_p50_ms']:>7.2f} {r['recall_at_10']:>9.4f} {r['build_s']:>8.1f}")
+              f"{r['search_fetch_p50_ms']:>7.2f} {r['recall_at_10']:>9.4f} {r['build_s']:>8.1f}  {r['settings']}")
     print(f"semsearch query as a new process (imports, model load, one search) at {startup['passages']:,} "
           f"passages: {startup['query_process_s']} s; semsearch --help: {startup['help_process_s']} s")
     print(f"its imports: {startup['import_s']} s (torch imported: {startup['imports_torch']}, transformers: "

@@ -24,7 +24,8 @@ import numpy as np
 
 from . import vectors as registry
 from .errors import SemsearchError
-from .generations import file_name, vector_files
+from .deltas import delta_files
+from .generations import base_generation, chain_names, file_name, read_vectors, vector_files
 from .passages import document_spans
 from .precision import MIN_PROBE_COSINE
 from .reference import reference_min_cosine
@@ -68,21 +69,24 @@ def check_index(index: "Index", sample: int = 20, tolerance: float = 1e-3, seed:
     cfg = index.config
     report.documents, report.passages = store.counts()
     generation = store.generation()
-    path = index.path / file_name(generation)
+    names = chain_names(base_generation(cfg, generation), generation)
+    shown = names[0] if len(names) == 1 else f"{names[0]} and {len(names) - 1} delta file(s)"
     on_disk = None
-    if not path.is_file():
-        report.problems.append(f"the FAISS file for generation {generation} ({path.name}) is missing; "
-                               "run `semsearch index repair`")
+    missing = [name for name in names if not (index.path / name).is_file()]
+    if missing:
+        report.problems.append(f"the vector files of generation {generation} are incomplete ({', '.join(missing[:3])} "
+                               "missing); run `semsearch index repair`")
     else:
         try:
-            on_disk = registry.load(path)
+            on_disk = read_vectors(index.path, base_generation(cfg, generation), generation)
         except SemsearchError as exc:
             report.problems.append(str(exc))
-    stale = sorted(p.name for g, p in vector_files(index.path).items() if g != generation)
+    present = [*vector_files(index.path).values(), *delta_files(index.path).values()]
+    stale = sorted(p.name for p in present if p.name not in set(names))
     if stale:
-        report.notes.append(f"leftover FAISS files of other generations: {', '.join(stale)}")
+        report.notes.append(f"leftover vector files of other generations: {', '.join(stale)}")
     if on_disk is not None:
-        _check_vectors(on_disk, index, path.name, int(cfg["dimension"]), report)
+        _check_vectors(on_disk, index, shown, int(cfg["dimension"]), report)
     orphans = len(store.orphan_passage_ids())
     if orphans:
         report.problems.append(f"{orphans} passage(s) belong to no document; run `semsearch index repair`")

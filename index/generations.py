@@ -1,11 +1,21 @@
-"""The generation protocol: the FAISS file that matches SQLite's committed state.
+"""The generation protocol: the vector files that match SQLite's committed state.
 
 Every write bumps ``generation`` in the same SQLite transaction as its rows,
-and writes ``vectors-<generation>.faiss`` (atomically) *before* that
-transaction commits. So a committed generation always has its file, and a file
-for a generation that never committed is never loaded (its name says so). A
-file that is missing, damaged or disagrees with the stored passage ids is
-never served: the vectors are rebuilt from the ones SQLite stores.
+and writes its vector file (atomically) *before* that transaction commits:
+either a delta, ``vectors-<generation>.delta``, holding only what the write
+changed (``deltas``), or a whole new base, ``vectors-<generation>.faiss``,
+whose generation SQLite then records as ``vectors_base`` in the same
+transaction. The committed state is the base plus the deltas of every
+generation after it. So a committed generation always has its files, and a
+file of a generation that never committed is never loaded (its name says
+so). Files that are missing, damaged or disagree with the stored passage ids
+are never served: the vectors are rebuilt from the ones SQLite stores.
+
+A write costs what it changes: a base is rewritten only when the deltas
+since it outgrow it (``VectorIndex.delta_ratio``), when a write replaces the
+whole index (rebuild, reindex), or when the index type is due to switch or
+retrain. Indexes from before deltas (no ``vectors_base``) have a base for
+their current generation.
 
 ``Generations`` is handed the store and the index folder and keeps one loaded
 vector index in step with the committed generation, for readers and writers.
@@ -15,11 +25,14 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from . import vectors as registry
+from .deltas import MAX_DELTAS, Delta, delta_files, delta_name, load_delta
 from .errors import SemsearchError
 from .store import MetadataStore
 from .vectors import StoredIds, VectorIndex
@@ -51,13 +64,48 @@ def remove_temporary_files(folder: Path) -> list[str]:
     return removed
 
 
+def read_vectors(folder: Path, base: int, generation: int) -> VectorIndex:
+    """The base file of ``base`` with the deltas up to ``generation`` applied (SemsearchError or
+    FileNotFoundError when one is damaged or missing)."""
+    vectors = registry.load(Path(folder) / file_name(base))
+    for g in range(base + 1, generation + 1):
+        delta = load_delta(Path(folder) / delta_name(g), vectors.dimension)
+        vectors.remove(delta["removed"])
+        vectors.add(delta["ids"], delta["vectors"])
+    return vectors
+
+
+def chain_names(base: int, generation: int) -> list[str]:
+    """The files of a committed state: its base, then its deltas in order."""
+    return [file_name(base)] + [delta_name(g) for g in range(base + 1, generation + 1)]
+
+
+def base_generation(info: dict, generation: int) -> int:
+    """The generation of the base file under ``generation`` (before deltas: the generation itself)."""
+    return int(info.get("vectors_base", generation))
+
+
 @dataclass
 class Commit:
-    """One write in progress: the generation it will commit and the vectors it changes
-    (a write may also put a whole new index in ``vectors``)."""
+    """One write in progress: the generation it will commit and the vectors it changes. ``add`` and
+    ``remove`` change them and note it for the delta file; ``replace`` puts a whole new index."""
 
     generation: int
     vectors: VectorIndex
+    delta: Delta = field(default_factory=Delta)
+    replaced: bool = False
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.vectors.add(ids, vectors)
+        self.delta.add(ids, vectors)
+
+    def remove(self, ids) -> int:
+        ids = np.asarray(list(ids), dtype=np.int64)
+        self.delta.remove(ids)
+        return self.vectors.remove(ids)
+
+    def replace(self, vectors: VectorIndex) -> None:
+        self.vectors, self.replaced = vectors, True
 
 
 class Generations:
@@ -68,6 +116,7 @@ class Generations:
         self.folder = Path(folder)
         self.vectors: VectorIndex | None = None
         self.generation = -1
+        self.base = -1  # the generation of the base file under the loaded vectors
 
     def current(self) -> VectorIndex:
         """The vectors of the committed generation, reloaded when another write committed.
@@ -79,25 +128,32 @@ class Generations:
         return self.vectors
 
     def load(self, rebuild_kind: str = "flat") -> bool:
-        """Load the FAISS file of the committed generation; returns False when it had to be rebuilt
-        from the stored vectors (readers build an exact flat index; writers the configured type)."""
+        """Load the base file and the deltas of the committed generation; returns False when the
+        vectors had to be rebuilt from the stored ones (readers build an exact flat index;
+        writers the configured type)."""
         store = self.store
         with store.transaction(immediate=False):  # one read snapshot: generation, counts, vectors
             generation = store.generation()
-            dimension = int(store.get_info()["dimension"])
-            vectors = None
-            path = self.folder / file_name(generation)
-            if path.is_file():
-                try:
-                    vectors = self._matching(registry.load(path), dimension)
-                except (SemsearchError, FileNotFoundError):
-                    vectors = None
+            info = store.get_info()
+            dimension = int(info["dimension"])
+            base = base_generation(info, generation)
+            vectors = self._read(base, generation, dimension)
+            if vectors is not None:
+                vectors = self._matching(vectors, dimension)
             from_file = vectors is not None
             if vectors is None:
                 n = store.counts()[1]
                 vectors = registry.build(rebuild_kind, dimension, n, lambda: store.iter_vectors(dimension))
-        self.vectors, self.generation = vectors, generation
+        self.vectors, self.generation, self.base = vectors, generation, base
         return from_file
+
+    def _read(self, base: int, generation: int, dimension: int) -> VectorIndex | None:
+        """``read_vectors``, or None when a file is missing or damaged or of another dimension."""
+        try:
+            vectors = read_vectors(self.folder, base, generation)
+        except (SemsearchError, FileNotFoundError):
+            return None
+        return vectors if vectors.dimension == dimension else None
 
     def stored_ids(self) -> StoredIds:
         count, total = self.store.passage_id_summary()
@@ -108,54 +164,91 @@ class Generations:
             return None
         return vectors
 
+    def chain(self) -> set[str]:
+        """The names of the files the committed state is made of: its base and its deltas."""
+        return set(chain_names(self.base, self.generation))
+
     # --- for the writer, who holds the lock -------------------------------------------------
     def prepare_for_writing(self) -> list[str]:
-        """Clear a killed writer's leftovers (returns their names) and make sure the file matches the store."""
+        """Clear a killed writer's leftovers (returns their names) and make sure the files match the store."""
         removed = remove_temporary_files(self.folder)
         from_file = self.load(rebuild_kind=self.store.get_info().get("index_type", "flat"))
-        if not from_file or len(vector_files(self.folder)) > 1:
+        if not from_file:
             self.save()
+        else:
+            self.remove_other_files()
         return removed
 
     def save(self) -> Path:
-        """(Re)write the file of the loaded generation and remove the files of other generations."""
+        """(Re)write the loaded vectors as the base of their generation, record it, and remove every
+        other vector file."""
         path = self.vectors.save(self.folder / file_name(self.generation))
-        self.remove_other_files(self.generation)
+        with self.store.transaction():
+            self.store.set_info({"vectors_base": self.generation})
+        self.base = self.generation
+        self.remove_other_files()
         return path
 
     @contextmanager
     def commit(self) -> Iterator[Commit]:
         """One write, all or nothing.
 
-        The body changes rows, and ``commit.vectors``, inside a SQLite
-        transaction; the FAISS file of the new generation is written before
-        COMMIT. Any failure (a full disk included) rolls back, so the index
-        stays exactly as it was; a file written for a generation that never
-        committed is never loaded and is removed by the next writer.
+        The body changes rows, and the vectors through ``commit``, inside a
+        SQLite transaction; the vector file of the new generation (a delta or
+        a new base) is written before COMMIT. Any failure (a full disk
+        included) rolls back, so the index stays exactly as it was; a file
+        written for a generation that never committed is never loaded and is
+        removed by the next writer.
         """
         try:
             with self.store.transaction():
                 commit = Commit(self.store.bump_generation(), self.vectors)
                 yield commit
                 self.vectors = commit.vectors
-                self._write(commit.generation)
+                self._write(commit)
         except BaseException:
-            self.vectors, self.generation = None, -1  # may be ahead of the store: reload
+            self.vectors, self.generation, self.base = None, -1, -1  # may be ahead of the store: reload
             raise
-        self.remove_other_files(commit.generation)
+        self.remove_other_files()
 
-    def _write(self, generation: int) -> None:
-        """Write the file for ``generation``, first switching type or rebuilding when due."""
-        kind = self.store.get_info().get("index_type", "flat")
+    def _write(self, commit: Commit) -> None:
+        """Write the delta of ``commit``, or a new base when one is due (switching type or
+        rebuilding first when due)."""
+        generation = commit.generation
+        info = self.store.get_info()
+        kind = info.get("index_type", "flat")
         n = self.store.counts()[1]
         current = self.vectors
-        if registry.resolve_type(kind, n) != current.kind or current.needs_rebuild(n):
+        rebuilt = registry.resolve_type(kind, n) != current.kind or current.needs_rebuild(n)
+        if rebuilt:
             dimension = current.dimension
             self.vectors = registry.build(kind, dimension, n, lambda: self.store.iter_vectors(dimension))
-        self.vectors.save(self.folder / file_name(generation))
-        self.generation = generation
+        base = base_generation(info, generation - 1)
+        data = None if rebuilt or commit.replaced else commit.delta.encode(self.vectors.dimension)
+        if data is None or self._compaction_due(base, generation, len(data)):
+            self.vectors.save(self.folder / file_name(generation))
+            self.store.set_info({"vectors_base": generation})
+            base = generation
+        else:
+            commit.delta.save(self.folder / delta_name(generation), self.vectors.dimension, data)
+            if "vectors_base" not in info:
+                self.store.set_info({"vectors_base": base})
+        self.generation, self.base = generation, base
 
-    def remove_other_files(self, generation: int) -> None:
-        for gen, file in vector_files(self.folder).items():
-            if gen != generation:
+    def _compaction_due(self, base: int, generation: int, pending: int) -> bool:
+        """True when the deltas since ``base`` (with this one, of ``pending`` bytes) would outgrow
+        ``delta_ratio`` times the base file, or number more than ``MAX_DELTAS``."""
+        if generation - base > MAX_DELTAS:
+            return True
+        base_file = self.folder / file_name(base)
+        if not base_file.is_file():
+            return True
+        existing = sum(p.stat().st_size for g, p in delta_files(self.folder).items() if base < g < generation)
+        return existing + pending > self.vectors.delta_ratio * base_file.stat().st_size
+
+    def remove_other_files(self) -> None:
+        """Remove every vector file that is not part of the loaded (committed) state."""
+        keep = self.chain()
+        for file in [*vector_files(self.folder).values(), *delta_files(self.folder).values()]:
+            if file.name not in keep:
                 file.unlink(missing_ok=True)

@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from . import folder, options
+from . import bm25, folder, options
 from . import vectors as registry
 from .config import EncoderConfig, resolve_model
 from .encoder import Encoder
+from .engines import Engine
 from .errors import ConfigMismatchError, IndexExistsError, IndexNotFoundError, SemsearchError
 from .generations import Generations, file_name
 from .migrations import SCHEMA_VERSION
@@ -32,9 +33,17 @@ __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
-    "keep_hangul", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
+    "keep_hangul", "target_recall", "search_tuning", "vectors_base", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
     "created_at", "updated_at",
 })
+
+
+def check_target(target: float | None) -> float:
+    """A recall target (None: the default), refused outside (0, 1]."""
+    target = options.DEFAULT_TARGET_RECALL if target is None else float(target)
+    if not 0 < target <= 1:
+        raise SemsearchError(f"the target recall must be above 0 and at most 1 (got {target})")
+    return target
 
 
 class Index:
@@ -48,6 +57,7 @@ class Index:
         self.device = device
         self.wait = wait
         self.generations = Generations(store, self.path)
+        self.lexical = bm25.LexicalIndexes(store, self.path)  # the optional BM25 index (hybrid retrieval)
         self._encoder: Encoder | None = None
         self._encoder_config: EncoderConfig | None = None
 
@@ -66,6 +76,8 @@ class Index:
         backend: str | None = None,
         keep_hangul: bool | None = None,
         index_type: str = options.DEFAULT_INDEX_TYPE,
+        target_recall: float | None = None,
+        hybrid: bool = False,
         batch_size: int = options.DEFAULT_BATCH_SIZE,
         device: str | None = None,
         force: bool = False,
@@ -76,9 +88,13 @@ class Index:
         With ``force=True`` an existing index there is replaced by the new,
         empty one; ``build(force=True)`` instead fills the new index aside and
         swaps it in when complete. ``complete=False`` marks an index whose
-        build is still going on (``build`` resumes such an index).
+        build is still going on (``build`` resumes such an index). ``hybrid=True`` records that
+        the index keeps a BM25 index of its passages, updated with every write, and that searches
+        fuse it with the vector ranking by default (``search.hybrid``; needs ``bm25s``).
         """
         path = Path(path)
+        if hybrid:
+            bm25.require()
         folder.recover(path)
         folder.check_destination(path, force)
         registry.resolve_type(index_type, 0)  # validates the name before anything is written
@@ -93,7 +109,9 @@ class Index:
             staging.mkdir()
             store = MetadataStore.connect(staging, create=True)
             store.initialise({**encoder.describe(), "passage_tokens": encoder.window,
-                              "passage_overlap": passage_overlap, "index_type": index_type, "complete": complete})
+                              "passage_overlap": passage_overlap, "index_type": index_type, "complete": complete,
+                              "target_recall": check_target(target_recall),
+                              **({bm25.SETTING: True} if hybrid else {})})
             store.close()
             registry.empty(encoder.dimension).save(staging / file_name(0))
             folder.put_in_place(staging, path)
@@ -113,6 +131,10 @@ class Index:
         path = Path(path)
         folder.recover(path)
         if not folder.is_index(path):
+            if (path / options.SHARD_MANIFEST).is_file():
+                raise IndexNotFoundError(f"{path} is a sharded index: give one of its shards here "
+                                         f"(e.g. --index {path / 'shard-0'}); query, eval, info, add and delete "
+                                         "take the sharded folder itself")
             hint = " (set --index or $SEMSEARCH_INDEX)" if not path.exists() else ""
             raise IndexNotFoundError(f"no semsearch index at {path}{hint}; create one with `semsearch index build`")
         index = cls(path, MetadataStore.connect(path), batch_size=batch_size, device=device, wait=wait)
@@ -134,6 +156,7 @@ class Index:
         force: bool = False,
         progress: Progress | None = None,
         on_commit: OnCommit | None = None,
+        engine: Engine | None = None,
         **config: Any,
     ) -> tuple["Index", AddResult]:
         """Create an index at ``path`` and add ``documents``.
@@ -141,27 +164,28 @@ class Index:
         Replacing an existing index (``force=True``) builds the new one aside
         and swaps it in only when it is complete, so a failed build loses
         nothing. A build that was interrupted (``complete`` is false) is
-        resumed: stored unchanged documents are not encoded again.
+        resumed: stored unchanged documents are not encoded again. ``engine``
+        encodes the documents (default: in this process; see ``index.engines``).
         """
         path = Path(path)
         if folder.is_index(path) and not force:
             existing = cls.open(path)
             if existing.config.get("complete", True):
                 raise IndexExistsError(f"an index already exists at {path}; pass --force to replace it")
-            with existing.writer() as writer:
+            with existing.session(engine) as writer:
                 result = writer.add(documents, progress, on_commit)
                 writer.mark_complete()
             return existing, result
         if folder.is_index(path):
             with folder.staging(path, "building") as staging:
                 new = cls.create(staging, **config)
-                with new.writer() as writer:
+                with new.session(engine) as writer:
                     result = writer.add(documents, progress, on_commit)
                 new.close()
                 folder.replace_index(staging, path)
             return cls.open(path, batch_size=config.get("batch_size", options.DEFAULT_BATCH_SIZE)), result
         new = cls.create(path, complete=False, **config)
-        with new.writer() as writer:
+        with new.session(engine) as writer:
             result = writer.add(documents, progress, on_commit)
             writer.mark_complete()
         return new, result
@@ -219,11 +243,21 @@ class Index:
                 max_length=cfg["max_length"], passage_tokens=cfg["passage_tokens"],
                 passage_overlap=cfg["passage_overlap"], precision=cfg["precision"],
                 backend=cfg.get("backend") or options.DEFAULT_BACKEND, keep_hangul=bool(cfg.get("keep_hangul", False)),
+                target_recall=float(cfg.get("target_recall", options.DEFAULT_TARGET_RECALL)),
+                search_tuning=cfg.get("search_tuning"),
                 index_type=cfg.get("index_type", options.DEFAULT_INDEX_TYPE), vector_index=snap.vectors.describe(),
                 schema_version=SCHEMA_VERSION, generation=snap.generation, documents=docs, passages=passages,
                 vectors=snap.vectors.ntotal, complete=bool(cfg.get("complete", True)),
-                created_at=cfg["created_at"], updated_at=cfg["updated_at"],
+                created_at=cfg["created_at"], updated_at=cfg["updated_at"], hybrid=bool(cfg.get(bm25.SETTING, False)),
             )
+
+    def tune(self, target_recall: float | None = None):
+        """Tune the approximate index's search settings for recall@10 >= ``target_recall`` (None: as
+        recorded, 0.95 by default) now, and record them; returns the ``Tuning`` (None when exact)."""
+        with self.writer() as writer:
+            if target_recall is not None:
+                writer.record({"target_recall": check_target(target_recall)})
+            return writer.tune(force=True)
 
     def check(self, sample: int = 20):
         """Verify counts, the FAISS id mapping, the model and a re-encoded sample (see ``index.check``)."""
@@ -245,30 +279,43 @@ class Index:
         """Record a setting in the index (under the write lock); core configuration keys are refused."""
         if key in RESERVED_SETTINGS:
             raise SemsearchError(f"{key!r} is part of the index configuration; change it with `semsearch index rebuild`")
-        with self.writer() as writer:
+        with self.session() as writer:
             writer.record({key: value})
 
     # --- writing ---------------------------------------------------------------------------
-    def writer(self) -> Writer:
-        """A write session (``with index.writer() as w: ...``): holds the lock until it ends."""
+    def writer(self, engine: Engine | None = None) -> Writer:
+        """A write session (``with index.writer() as w: ...``): holds the lock until it ends.
+        ``engine`` encodes what it adds (default: in this process; see ``index.engines``)."""
         return Writer(self.path, self.store, self.generations, lambda: self.encoder, wait=self.wait,
-                      batch_size=self.batch_size, device=self.device)
+                      batch_size=self.batch_size, device=self.device, engine=engine)
+
+    @contextmanager
+    def session(self, engine: Engine | None = None) -> Iterator[Writer]:
+        """A write session (see :meth:`writer`) that also keeps the optional BM25 index in step: when
+        the index records ``hybrid``, the BM25 index of the committed generation is rebuilt from the
+        stored passages after a successful session, under the lock, and older ones are removed."""
+        if self.config.get(bm25.SETTING):
+            bm25.require()  # before anything is written
+        with self.writer(engine) as writer:
+            yield writer
+            self.lexical.refresh(bool(self.store.get_info().get(bm25.SETTING)))
 
     def add(self, documents: Iterable[Any], progress: Progress | None = None,
-            on_commit: OnCommit | None = None) -> AddResult:
+            on_commit: OnCommit | None = None, engine: Engine | None = None) -> AddResult:
         """Upsert documents (``{"id", "text", "metadata"}`` mappings or objects).
 
         Committed every ``options.COMMIT_EVERY`` documents; a document whose
         text is unchanged is not encoded again (only its metadata is updated).
         When an id repeats in the input, the last one wins and it is reported.
         ``on_commit`` is called with the ids of each chunk once it is durable.
+        ``engine`` encodes them (default: in this process; see ``index.engines``).
         """
-        with self.writer() as writer:
+        with self.session(engine) as writer:
             return writer.add(documents, progress, on_commit)
 
     def delete(self, ids: Iterable[str]) -> DeleteResult:
         """Delete documents by id; ids that are not stored are reported as missing."""
-        with self.writer() as writer:
+        with self.session() as writer:
             return writer.delete(ids)
 
     def rebuild(
@@ -283,19 +330,24 @@ class Index:
         backend: str | None = None,
         keep_hangul: bool | None = None,
         index_type: str | None = None,
+        target_recall: float | None = None,
         progress: Progress | None = None,
     ) -> RebuildResult:
         """Re-encode every stored text with a new configuration (unset values keep the recorded ones).
 
         Searches see the old index until the new one is complete. When only
         ``index_type`` changes, the stored vectors are re-indexed without
-        encoding anything.
+        encoding anything. ``target_recall`` changes the recall the search settings are tuned for.
         """
         if index_type is not None:
             registry.resolve_type(index_type, 0)  # validates the name
+        if target_recall is not None:
+            check_target(target_recall)
         only_type = index_type is not None and all(
             v is None for v in (model, layer, pooling, max_length, passage_overlap, precision, backend, keep_hangul))
-        with self.writer() as writer:
+        with self.session() as writer:
+            if target_recall is not None:
+                writer.record({"target_recall": target_recall})
             if only_type:
                 return writer.reindex(index_type)
             request = EncoderConfig.from_info(self.config).merge(

@@ -36,6 +36,9 @@ INDEX_TYPES = (*VECTOR_BACKENDS, AUTO_INDEX_TYPE)
 DEFAULT_INDEX_TYPE = "flat"
 DEFAULT_PASSAGE_OVERLAP = 32  # tokens shared by consecutive passages; at most a quarter of the window
 COMMIT_EVERY = 1000  # documents per committed transaction while adding
+SHARD_MANIFEST = "semsearch-shards.json"  # marks a sharded index's folder (index.shards)
+ENGINES = ("local", "ray")  # who encodes an add: this process, or a Ray actor pool (index.ray_engine)
+DEFAULT_TARGET_RECALL = 0.95  # approximate indexes tune their search settings to reach this recall@10
 
 # --- input ---------------------------------------------------------------------------------
 FORMATS = ("jsonl", "csv", "tsv", "text", "lines")

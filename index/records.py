@@ -66,6 +66,8 @@ class IndexInfo:
     precision: str
     backend: str  # as asked: auto (the faster on each machine), onnx or torch
     keep_hangul: bool  # Hangul syllables kept whole where the tokenizer would cut them into jamo
+    target_recall: float  # approximate indexes tune their search settings to this recall@10
+    search_tuning: dict | None  # the settings chosen and the recall measured (index.tuning.Tuning)
     index_type: str
     vector_index: str  # what the FAISS index is now (auto and untrained IVF resolve by size)
     schema_version: int
@@ -76,6 +78,7 @@ class IndexInfo:
     complete: bool
     created_at: str
     updated_at: str
+    hybrid: bool = False  # keeps a BM25 index of its passages; searches are hybrid by default
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,6 +19,7 @@ import numpy as np
 from .config import EncoderConfig
 from .records import Passage
 from .store import MetadataStore
+from .tuning import Tuning
 from .vectors import SearchSettings, VectorIndex
 
 
@@ -50,14 +51,29 @@ class Snapshot:
         """Passage ids of the documents whose metadata matches ``where`` (None: no filter)."""
         return self.store.filtered_passage_ids(dict(where)) if where else None
 
+    @property
+    def tuning(self) -> Tuning | None:
+        """The search settings tuned for this vector index (``index.tuning``), if any."""
+        tuned = Tuning.from_info(self.info.get("search_tuning"))
+        return tuned if tuned is not None and tuned.kind == self.vectors.kind else None
+
+    def settings(self, given: SearchSettings | None) -> SearchSettings:
+        """``given`` settings, with the tuned ones where it says nothing (None)."""
+        given = given or SearchSettings()
+        tuned = self.tuning.search_settings() if self.tuning is not None else SearchSettings()
+        return SearchSettings(**{f: getattr(given, f) if getattr(given, f) is not None else getattr(tuned, f)
+                                 for f in ("ef_search", "nprobe", "rerank")})
+
     def candidates(self, k: int) -> int:
-        """How many passages to fetch to find ``k`` documents."""
-        return self.vectors.candidates(k)
+        """How many passages to fetch to find ``k`` documents (the tuned re-ranking depth included)."""
+        depth = self.settings(None).rerank if self.vectors.rerank else None
+        return max(self.vectors.candidates(k), -(-(depth or 0) * k // 10))
 
     def search(self, vector: np.ndarray, n: int, allowed: np.ndarray | None,
                settings: SearchSettings | None) -> list[tuple[int, float]]:
-        """The ``n`` nearest passages to one query vector, as ``(passage id, score)``, best first."""
-        scores, ids = self.vectors.search(vector[None, :], n, allowed, settings)
+        """The ``n`` nearest passages to one query vector, as ``(passage id, score)``, best first;
+        ``settings`` override the tuned ones."""
+        scores, ids = self.vectors.search(vector[None, :], n, allowed, self.settings(settings))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
     @property

@@ -299,6 +299,17 @@ class MetadataStore:
             yield ids, vecs
             last = int(ids[-1])
 
+    def iter_passage_texts(self, batch: int = 20_000) -> Iterator[list[tuple[int, str]]]:
+        """All ``(passage id, text)`` in id order, in batches (the BM25 index is built from them)."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, text FROM passages WHERE id > ? ORDER BY id LIMIT ?", (last, batch)).fetchall()
+            if not rows:
+                return
+            yield rows
+            last = int(rows[-1][0])
+
     def passage_ids(self) -> np.ndarray:
         """Every passage id, ascending."""
         return np.fromiter((r[0] for r in self.conn.execute("SELECT id FROM passages ORDER BY id")), dtype=np.int64)

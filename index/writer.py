@@ -6,23 +6,28 @@ makes sure the FAISS file matches the store; each change then goes through
 the generation protocol (``generations.py``): rows and vectors change in one
 SQLite transaction, and the FAISS file of the new generation is written
 before COMMIT. Documents are added in transactions of ``options.COMMIT_EVERY``;
-a document whose text is unchanged is not encoded again.
+a document whose text is unchanged is not encoded again. The chunks are
+encoded by an engine (``engines.py``: in this process by default, or on Ray),
+but the skipping, the transactions and their order stay here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from . import options
+from . import options, tuning
 from . import vectors as registry
 from .config import EncoderConfig
 from .encoder import Encoder
+from .engines import Chunk, EncodeSettings, Engine, LocalEngine
 from .errors import SemsearchError
 from .generations import Generations
 from .lock import WriteLock
@@ -30,7 +35,9 @@ from .passages import EncodedDocument, encode_documents
 from .records import AddResult, DeleteResult, RebuildResult
 from .store import MetadataStore
 from .text import normalize_text
+from .tuning import Tuning
 
+log = logging.getLogger("semsearch")
 Progress = Callable[[int], None]
 OnCommit = Callable[[list[str]], None]  # called with the ids of each committed chunk
 
@@ -65,11 +72,13 @@ class Writer:
 
     def __init__(self, folder: Path, store: MetadataStore, generations: Generations,
                  encoder: Callable[[], Encoder], *, wait: bool | float = False,
-                 batch_size: int | None = None, device: str | None = None):
+                 batch_size: int | None = None, device: str | None = None, engine: Engine | None = None):
         self.folder = Path(folder)
         self.store = store
         self.generations = generations
         self.encoder = encoder  # the recorded model, loaded on first use
+        self.engine = engine or LocalEngine(encoder)  # encodes the chunks of an add (engines.py)
+        self.uncommitted: set[str] = set()  # ids of an add's chunks planned but not committed yet
         self.batch_size = batch_size
         self.device = device
         self.lock = WriteLock(self.folder, wait)
@@ -91,8 +100,25 @@ class Writer:
     def add(self, documents: Iterable[Any], progress: Progress | None = None,
             on_commit: OnCommit | None = None) -> AddResult:
         """Upsert documents; when an id repeats in the input, the last one wins and it is reported.
-        ``on_commit`` is called with the ids of each chunk once it is durable."""
+        ``on_commit`` is called with the ids of each chunk once it is durable.
+
+        The chunks are encoded by ``self.engine`` (``engines.py``), which may run ahead of the
+        commits; the skipping of unchanged texts and the transactions stay here."""
         result = AddResult()
+        self.uncommitted = set()
+        info = self.store.get_info()
+        settings = EncodeSettings(EncoderConfig.from_info(info), int(info["dimension"]),
+                                  int(info["passage_overlap"]), str(self.folder))
+        # Closed on the way out, so an engine stops its work in flight when a commit fails.
+        with closing(self.engine.encode_chunks(self._chunks(documents, result, progress), settings,
+                                               progress)) as encoded_chunks:
+            for chunk, encoded in encoded_chunks:
+                self._add_chunk(chunk, encoded, result, on_commit)
+        self.tune_when_due()
+        return result
+
+    def _chunks(self, documents: Iterable[Any], result: AddResult, progress: Progress | None) -> Iterator[Chunk]:
+        """The input in chunks of ``options.COMMIT_EVERY`` documents, each planned when it is asked for."""
         seen: set[str] = set()
         chunk: dict[str, tuple[str, dict]] = {}
         for doc in documents:
@@ -103,40 +129,55 @@ class Writer:
             seen.add(doc_id)
             chunk[doc_id] = (text, meta)
             if len(chunk) >= options.COMMIT_EVERY:
-                self._add_chunk(chunk, result, progress, on_commit)
+                yield self._plan_chunk(chunk, result, progress)
                 chunk = {}
         if chunk:
-            self._add_chunk(chunk, result, progress, on_commit)
-        return result
+            yield self._plan_chunk(chunk, result, progress)
 
-    def _add_chunk(self, chunk: dict[str, tuple[str, dict]], result: AddResult, progress: Progress | None,
-                   on_commit: OnCommit | None) -> None:
+    def _plan_chunk(self, chunk: dict[str, tuple[str, dict]], result: AddResult,
+                    progress: Progress | None) -> Chunk:
+        """Which documents of a chunk need encoding: those whose text is not stored as it is, and those
+        that an earlier chunk, not yet committed, may still change."""
         existing = self.store.existing(list(chunk))
-        to_encode: dict[str, tuple[str, str, str]] = {}
-        meta_only: list[tuple[str, str]] = []
+        planned = Chunk(ids=list(chunk))
         for doc_id, (text, meta) in chunk.items():
             meta_json = json.dumps(meta, ensure_ascii=False, sort_keys=True)
             digest = content_hash(text)
             old = existing.get(doc_id)
-            if old is not None and old[0] == digest:
+            if old is not None and old[0] == digest and doc_id not in self.uncommitted:
                 if old[1] != meta_json:
-                    meta_only.append((doc_id, meta_json))
+                    planned.meta_only.append((doc_id, meta_json))
                     result.metadata_updated += 1
                 else:
                     result.unchanged += 1
                 if progress:
                     progress(1)
                 continue
-            to_encode[doc_id] = (text, meta_json, digest)
+            planned.to_encode[doc_id] = (text, meta_json, digest)
+        self.uncommitted.update(chunk)
+        return planned
+
+    def _add_chunk(self, chunk: Chunk, encoded: Mapping[str, EncodedDocument], result: AddResult,
+                   on_commit: OnCommit | None) -> None:
+        """Commit one chunk: its encoded documents, passages and vectors, and its new metadata."""
+        to_encode, meta_only = chunk.to_encode, chunk.meta_only
+        existing = self.store.existing(list(to_encode))
+        for doc_id in [d for d, v in to_encode.items() if d in existing and existing[d][0] == v[2]]:
+            # Stored as it is by an earlier chunk of this add, committed after this one was planned.
+            meta_json = to_encode.pop(doc_id)[1]
+            if existing[doc_id][1] != meta_json:
+                meta_only.append((doc_id, meta_json))
+                result.metadata_updated += 1
+            else:
+                result.unchanged += 1
+        self.uncommitted.difference_update(chunk.ids)
         if not to_encode:  # nothing to encode: no new generation, no FAISS rewrite
             if meta_only:
                 with self.store.transaction():
                     self.store.update_metadata(meta_only)
             if on_commit:
-                on_commit(list(chunk))
+                on_commit(list(chunk.ids))
             return
-        overlap = int(self.store.get_info()["passage_overlap"])
-        encoded = encode_documents(self.encoder(), {d: v[0] for d, v in to_encode.items()}, overlap, progress)
         new_ids: list[int] = []
         new_vecs: list[np.ndarray] = []
         with self.generations.commit() as commit:
@@ -155,12 +196,12 @@ class Writer:
                 else:
                     result.added += 1
             self.store.update_metadata(meta_only)
-            commit.vectors.remove(removed)
+            commit.remove(removed)
             if new_ids:
-                commit.vectors.add(np.asarray(new_ids, dtype=np.int64), np.concatenate(new_vecs))
+                commit.add(np.asarray(new_ids, dtype=np.int64), np.concatenate(new_vecs))
         if on_commit:
             skipped = set(result.skipped_empty)
-            on_commit([d for d in chunk if d not in skipped])
+            on_commit([d for d in chunk.ids if d not in skipped])
 
     def record(self, values: Mapping[str, Any]) -> None:
         """Record settings in the index (e.g. a FAQ calibration); they do not change the vectors."""
@@ -178,7 +219,7 @@ class Writer:
         wanted = list(dict.fromkeys(normalize_text(str(i)) for i in ids))
         with self.generations.commit() as commit:
             deleted, removed = self.store.delete_documents(wanted)
-            commit.vectors.remove(removed)
+            commit.remove(removed)
         gone = set(deleted)
         return DeleteResult(deleted=deleted, missing=[i for i in wanted if i not in gone])
 
@@ -214,10 +255,11 @@ class Writer:
                 self.store.set_info({**encoder.describe(), "passage_tokens": encoder.window,
                                      "passage_overlap": overlap,
                                      "index_type": index_type or info.get("index_type", options.DEFAULT_INDEX_TYPE)})
-                commit.vectors = new
+                commit.replace(new)
         except BaseException:
             self.store.drop_next_passages()
             raise
+        self.tune_when_due()
         return RebuildResult(documents=n_docs, passages=n_passages, seconds=time.monotonic() - started)
 
     def reindex(self, index_type: str) -> RebuildResult:
@@ -229,8 +271,46 @@ class Writer:
         new = registry.build(index_type, dimension, n, lambda: self.store.iter_vectors(dimension))
         with self.generations.commit() as commit:
             self.store.set_info({"index_type": index_type})
-            commit.vectors = new
+            commit.replace(new)
+        self.tune_when_due()
         return RebuildResult(documents=n_docs, passages=n, seconds=time.monotonic() - started)
+
+    # --- search settings ---------------------------------------------------------------------
+    def tune_when_due(self) -> None:
+        """``tune`` after a write, saying so when it measured something."""
+        before = self.store.get_info().get("search_tuning")
+        result = self.tune()
+        if result is not None and result.as_info() != before:
+            what = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.settings.items())
+            log.info("tuned the %s index's search: %s gives recall@%d %.3f against exact search (target %.2f%s; "
+                     "%d sampled passages, %.1f s)", result.kind, what, result.k, result.recall, result.target,
+                     "" if result.reached else ", not reached: the best setting is kept", result.queries,
+                     result.seconds)
+
+    def tune(self, force: bool = False) -> Tuning | None:
+        """Tune an approximate index's search settings to the recorded recall target when due
+        (never tuned for this structure, or grown since; see ``tuning``), or always with ``force``.
+        Records and returns the tuning; None for an exact index."""
+        info = self.store.get_info()
+        target = float(info.get("target_recall", options.DEFAULT_TARGET_RECALL))
+        vectors = self.generations.current()
+        recorded = Tuning.from_info(info.get("search_tuning"))
+        if not vectors.tuning_ladder():
+            if recorded is not None:
+                self.record({"search_tuning": None})
+            return None
+        if not force and not tuning.due(vectors, recorded, target):
+            return recorded
+        dimension = int(info["dimension"])
+        ids = self.store.passage_ids()
+        sample = np.sort(np.random.default_rng(0).choice(ids, min(tuning.QUERIES, len(ids)), replace=False))
+        stored = self.store.vectors_of(sample, dimension)
+        queries = tuning.proxy_queries(np.stack([stored[int(i)] for i in sample]))
+        result = tuning.tune(vectors, queries,
+                             lambda: self.store.iter_vectors(dimension),
+                             lambda wanted: self.store.vectors_of(wanted, dimension), target)
+        self.record({"search_tuning": result.as_info()})
+        return result
 
     # --- repair steps (index check/repair) ---------------------------------------------
     def drop_interrupted_rebuild(self) -> bool:
@@ -245,7 +325,7 @@ class Writer:
         if orphans:
             with self.generations.commit() as commit:
                 self.store.delete_passages(orphans)
-                commit.vectors.remove(orphans)
+                commit.remove(orphans)
         return len(orphans)
 
     def reencode_bare_documents(self) -> int:

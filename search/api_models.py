@@ -135,6 +135,8 @@ class IndexInfoModel(BaseModel):
     precision: str
     backend: str
     keep_hangul: bool = Field(description="Hangul syllables kept whole where the tokenizer would cut them into jamo.")
+    target_recall: float = Field(description="The recall@10 approximate indexes tune their search settings to.")
+    search_tuning: dict | None = Field(None, description="The tuned search settings and the recall they measured.")
     index_type: str = Field(description="As asked: flat, hnsw, ivf, ivfpq or auto.")
     vector_index: str = Field(description="What the FAISS index is now.")
     schema_version: int
@@ -145,3 +147,4 @@ class IndexInfoModel(BaseModel):
     complete: bool
     created_at: str
     updated_at: str
+    hybrid: bool = Field(False, description="Keeps a BM25 index of its passages; searches fuse it with the vectors by default.")

@@ -163,18 +163,19 @@ class FAQ:
         return FAQAnswer(question, None, matches[: self.runners_up], calibrated, threshold, margin)
 
     def answer(self, question: str) -> FAQAnswer:
-        """The best FAQ entry for ``question`` if the FAQ is confident of it, and the runners-up."""
-        return self.decide(question, self.searcher.search(question, k=self.depth))
+        """The best FAQ entry for ``question`` if the FAQ is confident of it, and the runners-up.
+        Thresholds are on cosine scores, so FAQ searches are vector-only even on a hybrid index."""
+        return self.decide(question, self.searcher.search(question, k=self.depth, hybrid=False))
 
     def answer_many(self, questions: Sequence[str]) -> list[FAQAnswer | str]:
         """:meth:`answer` for many questions at once; an unusable question gets its error message."""
-        outcomes = self.searcher.search_batch([SearchRequest(q, self.depth) for q in questions])
+        outcomes = self.searcher.search_batch([SearchRequest(q, self.depth, hybrid=False) for q in questions])
         return [o.error if o.error is not None else self.decide(o.query, o.hits or []) for o in outcomes]
 
     def top_two(self, questions: Sequence[str]) -> list[tuple[str | None, float, float]]:
         """``(best entry, its score, the runner-up's score)`` of each question (for calibration)."""
         out = []
-        for outcome in self.searcher.search_batch([SearchRequest(q, 2 * DOCUMENTS_PER_ENTRY) for q in questions]):
+        for outcome in self.searcher.search_batch([SearchRequest(q, 2 * DOCUMENTS_PER_ENTRY, hybrid=False) for q in questions]):
             if outcome.error is not None:
                 raise SemsearchError(f"question {outcome.query!r}: {outcome.error}")
             matches = self.entries(outcome.hits or [])

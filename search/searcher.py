@@ -6,6 +6,9 @@ matching documents' passages, so ``k`` hits come back whenever ``k`` documents
 match. Every search runs in one read snapshot (``index.snapshot``): the query
 is embedded by the encoder that snapshot's configuration names, so a
 long-running ``Searcher`` follows other processes' commits and rebuilds.
+With ``hybrid`` (by default when the index records it) the vector ranking is
+fused with a BM25 ranking of the same snapshot's passages (``search.hybrid``);
+a hit's score is then its reciprocal-rank-fusion score.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from index.bm25 import SETTING as HYBRID_SETTING
 from index.errors import SemsearchError
 from index.indexer import Index
 from index.records import Passage
 from index.snapshot import Snapshot
 from index.vectors import SearchSettings
+
+from . import hybrid as fusion
 
 __all__ = ["Hit", "Passage", "Searcher", "SearchRequest", "SearchOutcome"]
 
@@ -49,6 +55,7 @@ class SearchRequest:
     query: str
     k: int = 10
     where: Mapping[str, Any] | None = None
+    hybrid: bool | None = None  # None: the Searcher's setting
 
 
 @dataclass
@@ -69,35 +76,61 @@ class Searcher:
     """Search one index. ``index`` is a path or an open :class:`index.Index`."""
 
     def __init__(self, index: str | os.PathLike | Index, model: str | os.PathLike | None = None,
-                 batch_size: int = 32, ef_search: int | None = None, nprobe: int | None = None):
+                 batch_size: int = 32, ef_search: int | None = None, nprobe: int | None = None,
+                 hybrid: bool | None = None):
         """``ef_search`` (HNSW) and ``nprobe`` (IVF) override the defaults, which are tuned
-        for recall@10 >= 0.95 against exact search."""
+        for recall@10 >= 0.95 against exact search. ``hybrid`` fuses BM25 with the vectors
+        (None: as the index records, off unless built with ``hybrid=True``; needs ``bm25s``)."""
         self.index = index if isinstance(index, Index) else Index.open(Path(index), model=model,
                                                                        batch_size=batch_size)
         self.settings = SearchSettings(ef_search=ef_search, nprobe=nprobe)
+        self.hybrid = hybrid
         self.generation: int | None = None  # the committed generation the last search answered from
 
     @property
     def encoder(self):
         return self.index.encoder
 
-    def search(self, query: str, k: int = 10, where: Mapping[str, Any] | None = None) -> list[Hit]:
-        """The ``k`` best documents for ``query``, best first."""
-        return self.search_many([query], k=k, where=where)[0]
+    def search(self, query: str, k: int = 10, where: Mapping[str, Any] | None = None,
+               hybrid: bool | None = None) -> list[Hit]:
+        """The ``k`` best documents for ``query``, best first (``hybrid``: see the class)."""
+        return self.search_many([query], k=k, where=where, hybrid=hybrid)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 10,
-                    where: Mapping[str, Any] | None = None) -> list[list[Hit]]:
+                    where: Mapping[str, Any] | None = None, hybrid: bool | None = None) -> list[list[Hit]]:
         """:meth:`search` for many queries, encoded in batches."""
         if isinstance(queries, str):
             raise TypeError("search_many takes a list of queries; use search() for one")
-        check_k(k)
-        for q in queries:
-            if not isinstance(q, str) or not q.strip():
-                raise SemsearchError("a query is empty; give some text to search for")
+        check_queries(queries, k)
         if not queries:
             return []
         with self.index.snapshot() as snap:
-            return self._search(snap, snap.encoder.encode(list(queries)), k, where)
+            vectors = snap.encoder.encode(list(queries))
+            if self.uses_hybrid(snap, hybrid):
+                return self._search_hybrid(snap, list(queries), vectors, k, where)
+            return self._search(snap, vectors, k, where)
+
+    def search_bm25(self, queries: Sequence[str], k: int = 10,
+                    where: Mapping[str, Any] | None = None) -> list[list[Hit]]:
+        """BM25 alone, for comparison with the vector and hybrid rankings (scores are BM25's;
+        documents sharing no term with a query are not returned). Needs ``bm25s``."""
+        if isinstance(queries, str):
+            raise TypeError("search_bm25 takes a list of queries")
+        check_queries(queries, k)
+        with self.index.snapshot() as snap:
+            self.generation = snap.generation
+            lexical = self.index.lexical.current(snap.generation)
+            allowed = snap.allowed_ids(where)
+            return [self._hits(snap, [(r.id, r.score, r.passage)
+                                      for r in fusion.lexical_ranking(snap, lexical, q, k, allowed)])
+                    for q in queries]
+
+    def uses_hybrid(self, snap: Snapshot, asked: bool | None = None) -> bool:
+        """Whether a search is hybrid: as ``asked``, else as the Searcher was made, else as the index records."""
+        for choice in (asked, self.hybrid):
+            if choice is not None:
+                return bool(choice)
+        return bool(snap.info.get(HYBRID_SETTING, False))
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[SearchOutcome]:
         """Many queries, each with its own ``k`` and filter, embedded in one model call and answered
@@ -116,8 +149,12 @@ class Searcher:
             with self.index.snapshot() as snap:
                 vectors = snap.encoder.encode([requests[i].query for i in valid])
                 for row, i in enumerate(valid):
+                    r = requests[i]
                     try:
-                        outcomes[i].hits = self._search(snap, vectors[row : row + 1], requests[i].k, requests[i].where)[0]
+                        if self.uses_hybrid(snap, r.hybrid):
+                            outcomes[i].hits = self._search_hybrid(snap, [r.query], vectors[row : row + 1], r.k, r.where)[0]
+                        else:
+                            outcomes[i].hits = self._search(snap, vectors[row : row + 1], r.k, r.where)[0]
                     except SemsearchError as exc:
                         outcomes[i].error = str(exc)
         return outcomes
@@ -135,6 +172,21 @@ class Searcher:
         allowed = snap.allowed_ids(where)
         pool = snap.vectors.ntotal if allowed is None else len(allowed)
         return [self._hits(snap, self._best_passages(snap, row, k, allowed, pool)) for row in np.atleast_2d(vectors)]
+
+    def _search_hybrid(self, snap: Snapshot, queries: list[str], vectors: np.ndarray, k: int,
+                       where) -> list[list[Hit]]:
+        """Inside one snapshot: the vector and BM25 rankings of each query, fused (``search.hybrid``)."""
+        self.generation = snap.generation
+        lexical = self.index.lexical.current(snap.generation)
+        allowed = snap.allowed_ids(where)
+        pool = snap.vectors.ntotal if allowed is None else len(allowed)
+        depth = max(k, fusion.DEPTH)
+        out = []
+        for query, row in zip(queries, np.atleast_2d(vectors)):
+            dense = [fusion.Ranked(d, s, p) for d, s, p in self._best_passages(snap, row, depth, allowed, pool)]
+            fused = fusion.fuse(dense, fusion.lexical_ranking(snap, lexical, query, depth, allowed), k)
+            out.append(self._hits(snap, [(f.id, f.score, f.passage) for f in fused]))
+        return out
 
     def _best_passages(self, snap: Snapshot, vector: np.ndarray, k: int, allowed, pool: int):
         """Best passage per document for the top ``k`` documents: ``[(doc_id, score, passage)]``.
@@ -167,6 +219,13 @@ class Searcher:
             text, metadata = docs.get(doc_id, ("", {}))
             hits.append(Hit(id=doc_id, score=score, text=text, metadata=metadata, passage=passage))
         return hits
+
+
+def check_queries(queries: Sequence[str], k: int) -> None:
+    check_k(k)
+    for q in queries:
+        if not isinstance(q, str) or not q.strip():
+            raise SemsearchError("a query is empty; give some text to search for")
 
 
 def check_k(k: int) -> None:

@@ -83,7 +83,7 @@ def make_runner(index_path: Path):
     def run(items: list[Work]) -> list[Any]:
         results: list[Any] = [None] * len(items)
         wanted = [(i, w) for i, w in enumerate(items) if w.kind in ("search", "faq")]
-        requests = [w.request if w.kind == "search" else SearchRequest(w.request, faq.depth) for _, w in wanted]
+        requests = [w.request if w.kind == "search" else SearchRequest(w.request, faq.depth, hybrid=False) for _, w in wanted]
         for (i, w), outcome in zip(wanted, searcher.search_batch(requests)):
             if w.kind == "search" or outcome.error is not None:
                 results[i] = outcome

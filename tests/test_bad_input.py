@@ -691,11 +691,17 @@ def test_damaged_faiss_file_is_rebuilt_from_stored_vectors(runner, built, damage
     assert [(h["id"], round(h["score"], 5)) for h in json.loads(result.stdout)["hits"]] == baseline
     assert_unchanged(runner, index, baseline)
 
-    # The next write replaces the damaged file with a good one.
+    # The next write replaces the damaged file with a good one (a base, and the write's delta).
     src = write_jsonl(index.parent / "more.jsonl", [{"_id": "new", "text": "hello world"}])
     assert "1 added" in run_ok(runner, "index", "add", src, "--index", index, "-q").stderr
-    repaired = faiss.read_index(str(faiss_file(index)))
-    assert repaired.ntotal == 5 and repaired.d == 32
+    from index.generations import base_generation, read_vectors
+    from index.indexer import Index
+
+    with Index.open(index) as opened:
+        generation = opened.store.generation()
+        base = base_generation(opened.store.get_info(), generation)
+    repaired = read_vectors(index, base, generation)
+    assert repaired.ntotal == 5 and repaired.dimension == 32
     assert search(runner, index, "hello world", 1)[0]["id"] == "new"
     assert_original_docs_intact(runner, index)
 
@@ -891,8 +897,11 @@ def test_disk_full_while_writing_documents(runner, built, tmp_path, monkeypatch)
 
 def test_disk_full_while_deleting(runner, built, tmp_path, monkeypatch):
     """A delete that fails on a full disk must not have deleted anything."""
+    import index.deltas as deltas_module
+
     index, baseline = built
-    monkeypatch.setattr(faiss, "write_index", _no_space)
+    monkeypatch.setattr(faiss, "write_index", _no_space)  # a new base, or...
+    monkeypatch.setattr(deltas_module, "open", _no_space, raising=False)  # ...the delta of this write
     assert_one_line_error(invoke(runner, "index", "delete", "pw", "--index", index), "No space left on device")
     monkeypatch.undo()
     assert not list(index.glob(".*tmp*")), list(index.iterdir())

@@ -48,7 +48,8 @@ from index.encoder import Encoder
 from index.indexer import Index
 from index.records import AddResult
 from index.store import DB_NAME
-from index.generations import vector_files
+from index.deltas import delta_files
+from index.generations import base_generation, chain_names, vector_files
 from search import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,20 +133,22 @@ def install_crash(spec, cmd):
             say("crash " + kind)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def is_vectors_file(name):
+    def is_vectors_file(name, ends=(".faiss", ".delta")):
         name = os.path.basename(str(name))
-        return name.startswith("vectors-") and name.endswith(".faiss")
+        return name.startswith("vectors-") and name.endswith(ends)
 
     if kind == "on_commit":  # inside the n-th on_commit callback: that chunk is durable
         return hit
-    if kind in ("before_vectors_rename", "after_vectors_rename"):  # a FAISS file moved into place
+    if kind in ("before_vectors_rename", "after_vectors_rename", "after_delta_rename", "after_base_rename"):
+        # a vector file (a base .faiss or a .delta) moved into place, its transaction not committed yet
         replace = os.replace
+        ends = {"after_delta_rename": (".delta",), "after_base_rename": (".faiss",)}.get(kind, (".faiss", ".delta"))
 
         def os_replace(src, dst, *a, **k):
             if kind == "before_vectors_rename" and is_vectors_file(dst):
                 hit()
             out = replace(src, dst, *a, **k)
-            if kind == "after_vectors_rename" and is_vectors_file(dst):
+            if kind != "before_vectors_rename" and is_vectors_file(dst, ends):
                 hit()
             return out
 
@@ -251,6 +254,8 @@ def worker(cmd):
         Index.build(cmd["index"], docs, model=cmd["model"], force=cmd.get("force", False), on_commit=on_commit)
     elif mode == "rebuild":
         Index.open(cmd["index"]).rebuild(layer=cmd["layer"])
+    elif mode == "delete":
+        Index.open(cmd["index"]).delete(cmd["ids"])
     else:
         raise ValueError(mode)
     say("done")
@@ -481,10 +486,14 @@ def check_chunk_prefix(stored: set[str], order: list[str], chunk: int = COMMIT_E
 
 
 def check_final_files(path: Path) -> None:
-    """After a completed write exactly one FAISS file, the committed generation's, is left."""
+    """After a completed write exactly the committed state's vector files are left: its base and
+    the deltas after it."""
     index = Index.open(path)
     try:
-        assert set(vector_files(path)) == {index.store.generation()}
+        generation = index.store.generation()
+        chain = set(chain_names(base_generation(index.store.get_info(), generation), generation))
+        present = {p.name for p in [*vector_files(path).values(), *delta_files(path).values()]}
+        assert present == chain, (present, chain)
         leftovers = list(path.parent.glob(f".{path.name}.*"))  # staging, old or half-made folders
         assert not leftovers, leftovers
     finally:
@@ -635,6 +644,9 @@ CRASH_POINTS = {
     "add-faiss-temp-written": ("add", {"kind": "before_vectors_rename", "n": 4}, "empty"),
     "add-faiss-renamed": ("add", {"kind": "after_vectors_rename", "n": 4}, "empty"),
     "add-before-old-faiss-removed": ("add", {"kind": "before_old_vectors_unlink", "n": 3}, "empty"),
+    "add-delta-renamed": ("add", {"kind": "after_delta_rename", "n": 3}, "empty"),
+    "add-compacted-base-renamed": ("add", {"kind": "after_base_rename", "n": 3}, "empty"),
+    "delete-delta-renamed": ("delete", {"kind": "after_delta_rename", "n": 1}, "full"),
     "add-mid-transaction": ("add", {"kind": "mid_add_transaction", "n": 50}, "empty"),
     "rebuild-mid-side-table": ("rebuild", {"kind": "mid_rebuild", "n": 270}, "full"),
     "rebuild-faiss-renamed": ("rebuild", {"kind": "after_vectors_rename", "n": 1}, "full"),
@@ -664,8 +676,11 @@ def test_kill_at_crash_point(name, fork_server, tiny_model, tmp_path, monkeypatc
     job_docs = new_docs if mode == "build-force" else docs
     docs_file = write_jsonl(tmp_path / "docs.jsonl", job_docs)
     cmd = {"index": str(path), "crash": crash, "model": tiny_model}
+    deleted = order[:50]
     if mode == "rebuild":
         cmd.update(mode="rebuild", layer=-1)
+    elif mode == "delete":
+        cmd.update(mode="delete", ids=deleted)
     elif mode == "build-force":
         cmd.update(mode="build", force=True, docs=str(docs_file))
     else:
@@ -699,6 +714,13 @@ def test_kill_at_crash_point(name, fork_server, tiny_model, tmp_path, monkeypatc
         with Index.open(path) as index:
             index.rebuild(layer=-1)
         check_index(path, ref, exact=order, layers=(-1,))
+    elif mode == "delete":  # all of the delete or none of it, then the delete again
+        stored, _ = check_index(path, ref)
+        kept = [d for d in order if d not in set(deleted)]
+        assert stored in (set(order), set(kept))
+        with Index.open(path) as index:
+            index.delete(deleted)
+        check_index(path, ref, exact=kept)
     else:  # build --force: the old index until the new one is complete, then the new one
         # Linux swaps the folders atomically; without that, a crash between the two renames
         # leaves the old index aside, and the next open puts it back.

@@ -34,6 +34,7 @@ class SearchSettings:
 
     ef_search: int | None = None
     nprobe: int | None = None
+    rerank: int | None = None  # candidates re-ranked with the exact vectors (types with approximate scores)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class VectorIndex(ABC):
     kind: ClassVar[str]
     min_training: ClassVar[int] = 0  # vectors needed to build this type; below it the index stays flat
     rerank: ClassVar[bool] = False  # scores are approximate: re-rank candidates with the stored vectors
+    # A commit writes a delta file until the deltas since the base outgrow this share of the base file
+    # (bytes); then a new base. Readers apply the deltas when they load, so a type whose additions are
+    # slow to apply (HNSW) keeps them smaller.
+    delta_ratio: ClassVar[float] = 1.5
 
     def __init__(self, index: faiss.Index):
         self.index = index
@@ -94,6 +99,11 @@ class VectorIndex(ABC):
     def agrees_with(self, stored: StoredIds) -> bool:
         """True when this index holds exactly the stored passages' vectors."""
         return self.ntotal == stored.count and int(self.ids().sum()) == stored.id_sum
+
+    def tuning_ladder(self) -> list[SearchSettings]:
+        """Search settings to try when tuning for a recall target, cheapest first (``index.tuning``);
+        empty for an exact index."""
+        return []
 
     def needs_rebuild(self, n: int) -> bool:
         """True when, at ``n`` stored vectors, this index should be rebuilt from them."""

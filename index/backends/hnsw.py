@@ -17,10 +17,12 @@ from .base import Batches, SearchSettings, StoredIds, VectorIndex, id_map_ids
 HNSW_M = 32
 EF_CONSTRUCTION = 80
 DEFAULT_EF_SEARCH = 128
+EF_SEARCH_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 COMPACT_AT = 0.25  # share of tombstones that triggers a rebuild
 
 
 class HNSWIndex(VectorIndex):
+    delta_ratio = 0.25  # each delta vector is inserted into the graph again when a reader loads
     kind = "hnsw"
 
     def __init__(self, index: faiss.Index):
@@ -65,6 +67,9 @@ class HNSWIndex(VectorIndex):
         before = len(self.deleted)
         self.deleted.update(int(i) for i in ids)
         return len(self.deleted) - before
+
+    def tuning_ladder(self) -> list[SearchSettings]:
+        return [SearchSettings(ef_search=ef) for ef in EF_SEARCH_LADDER]
 
     def search_parameters(self, k: int, settings: SearchSettings) -> faiss.SearchParameters:
         return faiss.SearchParametersHNSW(efSearch=max(k, settings.ef_search or DEFAULT_EF_SEARCH))

@@ -27,6 +27,15 @@ def default_nprobe(nlist: int) -> int:
     return max(8, min(nlist, int(math.ceil(nlist / 20))))
 
 
+def nprobe_ladder(nlist: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... (steps of about 1.5x) up to every list."""
+    out, n = [], 1
+    while n < nlist:
+        out.append(n)
+        n = max(n + 1, int(round(n * 1.5)))
+    return out + [nlist]
+
+
 def training_sample(batches: Batches, n: int, size: int, seed: int) -> np.ndarray:
     """A uniform random sample of about ``size`` vectors, drawn while streaming."""
     rng = np.random.default_rng(seed)
@@ -79,6 +88,9 @@ class IVFIndex(VectorIndex):
 
     def needs_rebuild(self, n: int) -> bool:
         return n_lists(n) > 2 * self.nlist
+
+    def tuning_ladder(self) -> list[SearchSettings]:
+        return [SearchSettings(nprobe=n) for n in nprobe_ladder(self.nlist)]
 
     def search_parameters(self, k: int, settings: SearchSettings) -> faiss.SearchParameters:
         return faiss.SearchParametersIVF(nprobe=settings.nprobe or int(self.inner.nprobe))

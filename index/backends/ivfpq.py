@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import faiss
 
-from .ivf import POINTS_PER_LIST, IVFIndex
+from .base import SearchSettings
+from .ivf import POINTS_PER_LIST, IVFIndex, nprobe_ladder
+
+RERANK_DEPTHS = (100, 200, 400)  # candidates re-ranked with the exact vectors, for k = 10
 
 
 def pq_subquantizers(d: int) -> int:
@@ -35,3 +38,9 @@ class IVFPQIndex(IVFIndex):
 
     def candidates(self, k: int) -> int:
         return max(super().candidates(k), 10 * k, 100)
+
+    def tuning_ladder(self) -> list[SearchSettings]:
+        """Each nprobe with the default re-ranking depth, then deeper (PQ scores may put a true
+        neighbour below the first candidates)."""
+        return [SearchSettings(nprobe=n, rerank=depth) for n in nprobe_ladder(self.nlist)
+                for depth in RERANK_DEPTHS]

@@ -1,0 +1,203 @@
+"""``semsearch serve --engine ray``: an index's shards as Ray Serve deployments behind one HTTP endpoint.
+
+Each shard of a sharded index (``index.shards``; an unsharded index is one
+shard) is a deployment, ``shard-<n>``, of ``replicas`` replicas: a
+``Searcher`` over that shard's folder answering vector searches. The ingress
+deployment, ``gateway``, is a FastAPI app with the JSON of ``search.service``
+for ``GET /search``, ``POST /search`` and ``GET /health`` (the models of
+``search.api_models``): it embeds each query once with the index's encoder
+(queries arriving together share one model call, ``serve.batch``), sends the
+vector to every shard deployment and merges their top-k with
+``search.sharded.merge_hits``, so the hits equal one index's. The service is
+read-only; ``semsearch index add/delete`` write the shards, and replicas
+follow those commits on the next request. Every replica must be able to read
+its shard's folder at the same path (a shared file system on a cluster).
+Ray is imported only here, when used. (No ``from __future__ import
+annotations``: the gateway's class travels to its replica by value, and
+FastAPI must read its annotations as objects, not as names to look up.)
+"""
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from index.errors import SemsearchError
+from index.ray_engine import connect, import_ray
+from index.shards import ShardManifest, is_sharded
+
+from . import api_models as m
+from .service import MAX_K, ServiceError, parse_where
+from .sharded import check_queries, merge_hits
+
+APP_NAME = "semsearch"
+
+
+@dataclass(frozen=True)
+class RayServeSettings:
+    index: Path
+    replicas: int = 1  # replicas of each shard's deployment
+    replica_cpus: float = 1.0  # CPUs reserved by each shard replica
+    gateway_cpus: float = 1.0  # CPUs reserved by the gateway (it embeds the queries)
+    batch_max: int = 32  # most queries per model call in the gateway
+    batch_window: float = 0.01  # seconds a query waits for others to share its model call
+
+
+def shard_folders(path: Path) -> list[Path]:
+    """The index folders to serve: every shard of a sharded index, or the index itself."""
+    path = Path(path).resolve()
+    return [path / name for name in ShardManifest.load(path).shards] if is_sharded(path) else [path]
+
+
+def import_serve():
+    """``ray.serve``; one clear line when Ray is not installed."""
+    import_ray()
+    from ray import serve
+
+    return serve
+
+
+class ShardReplica:
+    """One replica of a shard's deployment: a ``Searcher`` over the shard, one search at a time."""
+
+    def __init__(self, folder: str):
+        from .searcher import Searcher
+
+        self.searcher = Searcher(folder)
+        self.lock = threading.Lock()  # one SQLite connection per replica: its snapshots must not interleave
+        self.searcher.search_vectors(np.zeros((1, int(self.searcher.index.config["dimension"])), np.float32), 1)
+
+    def search(self, vectors: np.ndarray, k: int, where: dict | None):
+        with self.lock:
+            return self.searcher.search_vectors(vectors, k, where)
+
+    def ready(self) -> bool:
+        return True
+
+
+def make_gateway_app() -> FastAPI:
+    app = FastAPI(title="semsearch on Ray Serve", version=m.VERSION,
+                  description="Semantic search over a sharded index: each shard a Ray Serve deployment.")
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+                   for e in exc.errors()]
+        first = details[0] if details else {"where": "request", "problem": "invalid"}
+        return JSONResponse({"error": f"{first['where']}: {first['problem']}", "details": details}, status_code=422)
+
+    return app
+
+
+def application(settings: RayServeSettings):
+    """The Ray Serve application: one deployment per shard and the gateway (bind it with ``serve.run``)."""
+    serve = import_serve()
+    folders = shard_folders(settings.index)
+    app = make_gateway_app()
+
+    class Gateway:
+        def __init__(self, index_folder: str, shards: list):
+            from index.indexer import Index
+
+            self.index = Index.open(index_folder)  # the first shard: its recorded encoder embeds the queries
+            self.shards = shards
+            self.lock = threading.Lock()
+            self.index.encoder.encode(["warm up"])
+
+        def encode(self, queries: list[str]) -> np.ndarray:
+            with self.lock:
+                return self.index.encoder.encode(queries)  # follows a rebuild of the shards' model
+
+        @serve.batch(max_batch_size=settings.batch_max, batch_wait_timeout_s=settings.batch_window)
+        async def embed(self, queries: list[str]) -> list[np.ndarray]:
+            return list(await asyncio.get_running_loop().run_in_executor(None, self.encode, queries))
+
+        async def search(self, queries: list[str], k: int, where: dict | None) -> list[list[Any]]:
+            vectors = np.stack(await asyncio.gather(*(self.embed(q) for q in queries)))
+            try:
+                per_shard = await asyncio.gather(*(shard.search.remote(vectors, k, where) for shard in self.shards))
+            except Exception as exc:  # a shard's SemsearchError arrives wrapped by Ray
+                raise ServiceError(400 if "SemsearchError" in str(exc) else 500, str(exc).splitlines()[-1]) from None
+            return [merge_hits([hits[row] for hits in per_shard], k) for row in range(len(queries))]
+
+        @app.get("/health", response_model=m.Health, tags=["service"])
+        async def health(self):
+            """Ready once every shard's replicas answer."""
+            try:
+                await asyncio.gather(*(shard.ready.remote() for shard in self.shards))
+            except Exception as exc:
+                return JSONResponse({"status": "error", "error": str(exc).splitlines()[0]}, status_code=503)
+            return {"status": "ready", "error": None}
+
+        @app.get("/search", response_model=m.SearchResult, tags=["search"], responses=m.ERRORS)
+        async def search_get(self, q: str = Query(..., description="The question or text to search for."),
+                             k: int = Query(10, ge=1, le=MAX_K, description="Number of documents to return."),
+                             where: list[str] = Query([], description="Metadata filter KEY=VALUE (repeatable).")):
+            """The k documents that mean the most the same as q."""
+            try:
+                check_queries([q])
+            except SemsearchError as exc:
+                raise ServiceError(400, str(exc)) from None
+            hits = (await self.search([q], k, parse_where(where)))[0]
+            return JSONResponse({"query": q, "hits": [h.as_dict() for h in hits]})
+
+        @app.post("/search", response_model=m.SearchResults, tags=["search"], responses=m.ERRORS)
+        async def search_post(self, body: m.SearchBody):
+            """Many queries at once; a bad query gets its own error entry, the others their hits, in input order."""
+            results: list[dict] = []
+            valid = []
+            for i, q in enumerate(body.queries):
+                try:
+                    check_queries([q])
+                    valid.append(i)
+                    results.append({})
+                except SemsearchError as exc:
+                    results.append({"query": q, "error": str(exc)})
+            if valid:
+                found = await self.search([body.queries[i] for i in valid], body.k, body.where)
+                for i, hits in zip(valid, found):
+                    results[i] = {"query": body.queries[i], "hits": [h.as_dict() for h in hits]}
+            return JSONResponse({"results": results})
+
+    shard = serve.deployment(ShardReplica, num_replicas=settings.replicas,
+                             ray_actor_options={"num_cpus": settings.replica_cpus}, max_ongoing_requests=4)
+    gateway = serve.deployment(serve.ingress(app)(Gateway), name="gateway",
+                               ray_actor_options={"num_cpus": settings.gateway_cpus})
+    handles = [shard.options(name=f"shard-{n}").bind(str(folder)) for n, folder in enumerate(folders)]
+    return gateway.bind(str(folders[0]), handles)
+
+
+def start(settings: RayServeSettings, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None):
+    """Connect to Ray, start Serve's HTTP proxy on ``host:port`` (on the head node) and deploy the index;
+    returns once every replica is up."""
+    for folder in shard_folders(settings.index):
+        from index.indexer import Index
+
+        Index.open(folder).close()  # a missing or damaged shard is one line, before anything starts
+    connect(address)
+    serve = import_serve()
+    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+    serve.run(application(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    return serve
+
+
+def stop() -> None:
+    """Remove the application (the Ray cluster and Serve itself stay)."""
+    from ray import serve
+
+    serve.delete(APP_NAME)
