@@ -76,12 +76,11 @@ class Delta:
     def save(self, path: Path, dimension: int, data: bytes | None = None) -> Path:
         """Write ``data`` (default: ``encode``) atomically (temporary file, fsync, rename); a full
         disk is one clear error."""
-        from .backends.base import fsync_dir
+        from .backends.base import write_atomically
 
-        path = Path(path)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
         data = self.encode(dimension) if data is None else data
-        try:
+
+        def write(tmp: Path) -> None:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -89,12 +88,8 @@ class Delta:
                     os.fsync(f.fileno())
             except OSError as exc:
                 raise SemsearchError(f"cannot write {path}: {exc.strerror or exc}") from None
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
-        return path
+
+        return write_atomically(Path(path), write)
 
 
 def load_delta(path: Path, dimension: int) -> dict[str, np.ndarray]:

@@ -170,9 +170,8 @@ class VectorIndex(ABC):
     # --- files -------------------------------------------------------------
     def save(self, path: Path) -> Path:
         """Write the index to ``path`` atomically and return ``path``."""
-        path = Path(path)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-        try:
+
+        def write(tmp: Path) -> None:
             try:
                 faiss.write_index(self.index, str(tmp))
             except RuntimeError as exc:  # FAISS reports a full disk this way
@@ -182,12 +181,22 @@ class VectorIndex(ABC):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
-        return path
+
+        return write_atomically(Path(path), write)
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write`` a file at a temporary name next to ``path`` (it must fsync it), then rename it into
+    place and fsync the folder; the temporary file is removed on any failure."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
 
 
 def id_map_ids(index: faiss.IndexIDMap2) -> np.ndarray:
