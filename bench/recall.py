@@ -13,6 +13,13 @@ JSON line.
 
     python bench/recall.py                  # builds the sentence index on first use (minutes)
     python bench/recall.py --workdir /tmp/scifact-sentences --types ivf
+    python bench/recall.py --workdir /tmp/scifact-sentences --proxies
+
+``--proxies`` checks what the tuning measures on: for a plain IVF (the
+index's list count) and HNSW over the same sentence vectors, recall@10 at
+each nprobe and efSearch for the claims, for the tuning's proxy queries
+(``tuning.proxy_queries``), for the sampled passages themselves (their own
+row left out) and for midpoints of two random passages.
 """
 
 from __future__ import annotations
@@ -64,12 +71,58 @@ def search_all(path: Path, qvecs: np.ndarray) -> tuple[list[list[str]], list[flo
     return found, seconds
 
 
+def proxy_curves(base: Path, qvecs: np.ndarray, samples: int = 300) -> list[dict]:
+    """Recall@10 per nprobe / efSearch for the claims and for the candidate tuning queries."""
+    import faiss
+
+    from index.backends.ivf import n_lists
+    from index.tuning import proxy_queries
+
+    with Index.open(base) as index:
+        dim = int(index.config["dimension"])
+        X = np.ascontiguousarray(np.concatenate([v for _, v in index.store.iter_vectors(dim)]))
+    rng = np.random.default_rng(0)
+    rows = rng.choice(len(X), samples, replace=False)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    kinds = {"claims": (qvecs, None), "proxy (tuning)": (proxy_queries(X[rows]), None),
+             "passages": (X[rows], rows), "midpoints": (unit(X[rows] + X[rng.choice(len(X), samples)]), None)}
+    nlist = n_lists(len(X))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(X[rng.choice(len(X), min(len(X), 64 * nlist), replace=False)])
+    ivf.add(X)
+    hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(X)
+    out = []
+    for name, (q, own) in kinds.items():
+        q = np.ascontiguousarray(q, dtype=np.float32)
+
+        def recall(found):
+            hits = 0
+            for r, row in enumerate(found):
+                keep = lambda ids: [i for i in ids if own is None or i != own[r]][:10]  # noqa: E731
+                hits += len(set(keep(truth[r])) & set(keep(row)))
+            return round(hits / (10 * len(q)), 3)
+
+        _, truth = faiss.knn(q, X, 11, metric=faiss.METRIC_INNER_PRODUCT)
+        curve = {"queries": name, "lists": nlist}
+        for nprobe in (8, 16, 32, 48, 64, 96, 128):
+            ivf.nprobe = nprobe
+            curve[f"nprobe {nprobe}"] = recall(ivf.search(q, 11)[1])
+        for ef in (16, 32, 64, 128):
+            hnsw.hnsw.efSearch = ef
+            curve[f"efSearch {ef}"] = recall(hnsw.search(q, 11)[1])
+        out.append(curve)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--types", nargs="+", default=["hnsw", "ivf", "ivfpq"])
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the sentence index here between runs")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--proxies", action="store_true",
+                        help="compare the recall curves of the claims and of candidate tuning queries instead")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         print(f"skipped: SciFact not found at {args.data}", file=sys.stderr)
@@ -85,6 +138,16 @@ def main() -> int:
     qvecs = index.encoder.encode(claims(args.data / "queries.jsonl"))
     encoder = index.encoder
     index.close()
+    if args.proxies:
+        curves = proxy_curves(base, qvecs)
+        print(f"machine: {cpu_line()}; {encoder.backend} {encoder.precision}; {n_passages:,} sentence vectors")
+        keys = [k for k in curves[0] if k not in ("queries", "lists")]
+        print(f"recall@10 by setting (ivf with {curves[0]['lists']} lists; hnsw M=32)")
+        print(f"{'queries':<16}" + "".join(f"{k:>13}" for k in keys))
+        for c in curves:
+            print(f"{c['queries']:<16}" + "".join(f"{c[k]:>13.3f}" for k in keys))
+        print(json.dumps({"benchmark": "recall-proxies", **cpu_info(), "curves": curves}))
+        return 0
     exact, exact_s = search_all(base, qvecs)
     rows = [{"type": "flat", "settings": "exact", "recall_at_10": 1.0,
              "p50_ms": round(1000 * statistics.median(exact_s), 2)}]

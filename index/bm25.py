@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SemsearchError
+from .folder import numbered_entries
 from .store import MetadataStore
 
 log = logging.getLogger("semsearch")
@@ -66,12 +67,7 @@ def folder_name(generation: int) -> str:
 
 def bm25_folders(folder: Path) -> dict[int, Path]:
     """``generation -> path`` of the BM25 folders present in an index folder."""
-    out = {}
-    for entry in Path(folder).iterdir():
-        m = FOLDER_PATTERN.match(entry.name)
-        if m and entry.is_dir():
-            out[int(m.group(1))] = entry
-    return out
+    return numbered_entries(folder, FOLDER_PATTERN, folders=True)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import vectors as registry
 from .errors import SemsearchError
 from .deltas import delta_files
 from .generations import base_generation, chain_names, file_name, read_vectors, vector_files

@@ -98,12 +98,15 @@ def similar_words(encoder: "Encoder", pairs: Sequence[tuple[str, str]], occurren
     model = encoder.hidden_states
     indexes = check_layers(layers, model.num_layers)
     items, rows = [], []
+    seen: dict[str, tuple[list[Token], np.ndarray]] = {}  # each distinct sentence runs the model once
     for i, ((sentence, word), nth) in enumerate(zip(pairs, occurrences), 1):
-        tokens = encoder.tokens(sentence)
+        if sentence not in seen:
+            tokens = encoder.tokens(sentence)
+            seen[sentence] = tokens, combine_layers(model.run([t.id for t in tokens], max(indexes)), indexes, combine)
+        tokens, vectors = seen[sentence]
         found = find_word(tokens, sentence, word, nth, where=f"sentence {i}")
         if not found.token_indexes:  # cut off by the model window
             raise SemsearchError(f"word {word!r} of sentence {i} lies beyond the model window")
-        vectors = combine_layers(model.run([t.id for t in tokens], max(indexes)), indexes, combine)
         items.append(found)
         rows.append(vectors[list(found.token_indexes)].mean(axis=0))
     sentences = encoder.encode([s for s, _ in pairs], warn=False)

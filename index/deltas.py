@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SemsearchError
+from .folder import numbered_entries
 
 DELTA_PATTERN = re.compile(r"^vectors-(\d+)\.delta$")
 MAX_DELTAS = 1000  # a reader applies at most this many files (a million passages in commits of 1,000)
@@ -34,12 +35,7 @@ def delta_name(generation: int) -> str:
 
 def delta_files(folder: Path) -> dict[int, Path]:
     """``generation -> path`` of the delta files present in an index folder."""
-    out = {}
-    for entry in Path(folder).iterdir():
-        m = DELTA_PATTERN.match(entry.name)
-        if m:
-            out[int(m.group(1))] = entry
-    return out
+    return numbered_entries(folder, DELTA_PATTERN)
 
 
 @dataclass

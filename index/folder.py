@@ -13,6 +13,7 @@ that process is gone.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from glob import escape as glob_escape
@@ -23,6 +24,17 @@ from .errors import IndexExistsError
 from .store import DB_NAME
 
 STAGING_KINDS = ("old", "creating", "building")
+
+
+def numbered_entries(folder: Path, pattern: re.Pattern, folders: bool = False) -> dict[int, Path]:
+    """``number -> path`` of the entries of ``folder`` whose name ``pattern`` matches (its one group
+    is the number: a generation); only folders with ``folders``, else only files."""
+    out = {}
+    for entry in Path(folder).iterdir():
+        m = pattern.match(entry.name)
+        if m and entry.is_dir() == folders:
+            out[int(m.group(1))] = entry
+    return out
 
 
 def is_index(path: Path) -> bool:

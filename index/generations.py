@@ -34,6 +34,7 @@ import numpy as np
 from . import vectors as registry
 from .deltas import MAX_DELTAS, Delta, delta_files, delta_name, load_delta
 from .errors import SemsearchError
+from .folder import numbered_entries
 from .store import MetadataStore
 from .vectors import StoredIds, VectorIndex
 
@@ -47,12 +48,7 @@ def file_name(generation: int) -> str:
 
 def vector_files(folder: Path) -> dict[int, Path]:
     """``generation -> path`` of the FAISS files present in an index folder."""
-    out = {}
-    for entry in Path(folder).iterdir():
-        m = FILE_PATTERN.match(entry.name)
-        if m:
-            out[int(m.group(1))] = entry
-    return out
+    return numbered_entries(folder, FILE_PATTERN)
 
 
 def remove_temporary_files(folder: Path) -> list[str]:

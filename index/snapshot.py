@@ -60,7 +60,8 @@ class Snapshot:
     def settings(self, given: SearchSettings | None) -> SearchSettings:
         """``given`` settings, with the tuned ones where it says nothing (None)."""
         given = given or SearchSettings()
-        tuned = self.tuning.search_settings() if self.tuning is not None else SearchSettings()
+        tuning = self.tuning
+        tuned = tuning.search_settings() if tuning is not None else SearchSettings()
         return SearchSettings(**{f: getattr(given, f) if getattr(given, f) is not None else getattr(tuned, f)
                                  for f in ("ef_search", "nprobe", "rerank")})
 

@@ -24,17 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
 
 from index.errors import SemsearchError
 from index.ray_engine import connect, import_ray
 from index.shards import ShardManifest, is_sharded
 
 from . import api_models as m
-from .service import MAX_K, ServiceError, parse_where
+from .service import MAX_K, ServiceError, install_error_handlers, parse_where
 from .sharded import check_queries, merge_hits
 
 APP_NAME = "semsearch"
@@ -86,21 +84,7 @@ def make_gateway_app() -> FastAPI:
     app = FastAPI(title="semsearch on Ray Serve", version=m.VERSION,
                   description="Semantic search over a sharded index: each shard a Ray Serve deployment.")
 
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
-                   for e in exc.errors()]
-        first = details[0] if details else {"where": "request", "problem": "invalid"}
-        return JSONResponse({"error": f"{first['where']}: {first['problem']}", "details": details}, status_code=422)
-
+    install_error_handlers(app)
     return app
 
 

@@ -100,6 +100,29 @@ def make_runner(index_path: Path):
     return run
 
 
+def install_error_handlers(app: FastAPI) -> None:
+    """Errors always as JSON ``{"error": ...}`` (and ``details`` for a malformed request), never a traceback."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+                   for e in exc.errors()]
+        first = details[0] if details else {"where": "request", "problem": "invalid"}
+        return JSONResponse({"error": f"{first['where']}: {first['problem']}", "details": details}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
 def create_app(settings: Settings) -> FastAPI:
     state = State()
 
@@ -129,25 +152,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.semsearch = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    # --- errors: always JSON, never a traceback --------------------------------------------
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
-                   for e in exc.errors()]
-        first = details[0] if details else {"where": "request", "problem": "invalid"}
-        return JSONResponse({"error": f"{first['where']}: {first['problem']}", "details": details}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+    install_error_handlers(app)
 
     def ready() -> MicroBatcher:
         if state.error:

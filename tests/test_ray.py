@@ -20,6 +20,7 @@ import index.options as options_module
 from cli import cli
 from index import Index
 from index.errors import SemsearchError
+from test_shards import stored  # (document id, order) -> (passage, vector)
 from index.ray_engine import MISSING_RAY, RayEngine, RaySettings, import_ray
 
 pytestmark = pytest.mark.slow
@@ -63,16 +64,6 @@ class Crash(Exception):
 
 def engine(**kw) -> RayEngine:
     return RayEngine(RaySettings(**{"actors": 2, "batch_documents": 3, **kw}))
-
-
-def stored(index: Index) -> dict[tuple[str, int], tuple]:
-    out = {}
-    for ids, vecs in index.store.iter_vectors(index.config["dimension"]):
-        rows = index.store.passages(ids)
-        for pid, vec in zip(ids, vecs):
-            doc_id, passage = rows[int(pid)]
-            out[(doc_id, passage.order)] = (passage, vec.copy())
-    return out
 
 
 def documents(index: Index) -> dict[str, tuple]:
