@@ -272,7 +272,8 @@ def index_group() -> None:
 @click.option("--passage-overlap", type=int, default=None,
               help="Tokens shared by consecutive passages of a long document (default: 32, at most a quarter of the window).")
 @click.option("--index-type", type=click.Choice(options.INDEX_TYPES), default=options.DEFAULT_INDEX_TYPE,
-              show_default=True, help="FAISS index: exact flat, or approximate (auto chooses by size).")
+              show_default=True, help="FAISS index: exact flat, or approximate (auto chooses by size); ivf-disk keeps its lists on disk, "
+                   "memory-mapped, for an index larger than memory.")
 @click.option("--target-recall", type=float, default=None,
               help="Recall@10 against exact search that approximate indexes tune their search settings to, "
                    "measured on the index's own passages (default 0.95).")

@@ -86,12 +86,15 @@ def exact_top_docs(index: Index, qvecs: np.ndarray, k: int = 10) -> list[list[st
 
 
 def measure(path: Path, kind: str, queries: list[str], exact: list[list[str]],
-            ef_search: int | None = None, nprobe: int | None = None, tuned: bool = True) -> dict:
+            ef_search: int | None = None, nprobe: int | None = None, tuned: bool = True,
+            rebuild: bool = True) -> dict:
     """Re-index as ``kind`` (which tunes its search settings), then time the queries: with the tuned
-    settings, or (``tuned=False``) with the type's fixed defaults, as before tuning existed."""
+    settings, or (``tuned=False``) with the type's fixed defaults, as before tuning existed.
+    ``rebuild=False`` times the index as it is (its recorded tuning kept unless ``tuned=False``)."""
     started = time.perf_counter()
     index = Index.open(path)
-    index.rebuild(index_type=kind)  # re-indexes the stored vectors (no encoding) and tunes them
+    if rebuild:
+        index.rebuild(index_type=kind)  # re-indexes the stored vectors (no encoding) and tunes them
     build_s = time.perf_counter() - started
     tuning = index.config.get("search_tuning")
     if not tuned:
@@ -174,6 +177,8 @@ def main() -> int:
     parser.add_argument("--untuned", action="store_true",
                         help="search with each type's fixed default settings instead of the ones tuned at build "
                              "(the figures before tuning existed)")
+    parser.add_argument("--both", action="store_true",
+                        help="time each approximate type twice on one build: tuned, then with the fixed defaults")
     parser.add_argument("--filler", choices=["random", "near"], default="random",
                         help="synthetic vectors: random unit vectors, or noisy copies of the real documents' "
                              "vectors (hard neighbours: a stricter recall test)")
@@ -213,6 +218,10 @@ def main() -> int:
             else:
                 rows.append({"size": size, **measure(path, kind, queries, exact, args.ef_search, args.nprobe,
                                                      tuned=not args.untuned)})
+                if args.both and kind != "flat" and not args.untuned:
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+                    rows.append({"size": size, **measure(path, kind, queries, exact, args.ef_search, args.nprobe,
+                                                         tuned=False, rebuild=False)})
             print(json.dumps(rows[-1]), file=sys.stderr)
     info = {**cpu_info(), "python": platform.python_version(), "precision": index.encoder.precision,
             "backend": index.encoder.backend, "filler": args.filler, "startup": startup}

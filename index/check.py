@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import SemsearchError
 from .deltas import delta_files
-from .generations import base_generation, chain_names, file_name, read_vectors, vector_files
+from .generations import base_generation, chain_names, data_files, data_name, file_name, read_vectors, vector_files
 from .passages import document_spans
 from .precision import MIN_PROBE_COSINE
 from .reference import reference_min_cosine
@@ -80,8 +80,9 @@ def check_index(index: "Index", sample: int = 20, tolerance: float = 1e-3, seed:
             on_disk = read_vectors(index.path, base_generation(cfg, generation), generation)
         except SemsearchError as exc:
             report.problems.append(str(exc))
-    present = [*vector_files(index.path).values(), *delta_files(index.path).values()]
-    stale = sorted(p.name for p in present if p.name not in set(names))
+    present = [*vector_files(index.path).values(), *data_files(index.path).values(),
+               *delta_files(index.path).values()]
+    stale = sorted(p.name for p in present if p.name not in {*names, data_name(base_generation(cfg, generation))})
     if stale:
         report.notes.append(f"leftover vector files of other generations: {', '.join(stale)}")
     if on_disk is not None:

@@ -39,6 +39,7 @@ from .store import MetadataStore
 from .vectors import StoredIds, VectorIndex
 
 FILE_PATTERN = re.compile(r"^vectors-(\d+)\.faiss$")
+DATA_PATTERN = re.compile(r"^vectors-(\d+)\.ivfdata$")  # an on-disk base's lists (backends/ivf_disk.py)
 TEMPORARY_GLOB = ".vectors-*.tmp-*"
 
 
@@ -46,9 +47,27 @@ def file_name(generation: int) -> str:
     return f"vectors-{generation}.faiss"
 
 
+def data_name(generation: int) -> str:
+    return f"vectors-{generation}.ivfdata"
+
+
 def vector_files(folder: Path) -> dict[int, Path]:
     """``generation -> path`` of the FAISS files present in an index folder."""
     return numbered_entries(folder, FILE_PATTERN)
+
+
+def data_files(folder: Path) -> dict[int, Path]:
+    """``generation -> path`` of the on-disk lists of ``ivf-disk`` bases present in an index folder."""
+    return numbered_entries(folder, DATA_PATTERN)
+
+
+def base_bytes(folder: Path, base: int) -> int | None:
+    """The size of a base on disk (its FAISS file and any data file of it); None when it is missing."""
+    header = Path(folder) / file_name(base)
+    if not header.is_file():
+        return None
+    data = Path(folder) / data_name(base)
+    return header.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def remove_temporary_files(folder: Path) -> list[str]:
@@ -139,7 +158,8 @@ class Generations:
             from_file = vectors is not None
             if vectors is None:
                 n = store.counts()[1]
-                vectors = registry.build(rebuild_kind, dimension, n, lambda: store.iter_vectors(dimension))
+                vectors = registry.build(rebuild_kind, dimension, n, lambda: store.iter_vectors(dimension),
+                                         workdir=self.folder if rebuild_kind != "flat" else None)
         self.vectors, self.generation, self.base = vectors, generation, base
         return from_file
 
@@ -161,8 +181,9 @@ class Generations:
         return vectors
 
     def chain(self) -> set[str]:
-        """The names of the files the committed state is made of: its base and its deltas."""
-        return set(chain_names(self.base, self.generation))
+        """The names of the files the committed state is made of: its base (with its data file, if
+        it has one) and its deltas."""
+        return {*chain_names(self.base, self.generation), data_name(self.base)}
 
     # --- for the writer, who holds the lock -------------------------------------------------
     def prepare_for_writing(self) -> list[str]:
@@ -218,7 +239,8 @@ class Generations:
         rebuilt = registry.resolve_type(kind, n) != current.kind or current.needs_rebuild(n)
         if rebuilt:
             dimension = current.dimension
-            self.vectors = registry.build(kind, dimension, n, lambda: self.store.iter_vectors(dimension))
+            self.vectors = registry.build(kind, dimension, n, lambda: self.store.iter_vectors(dimension),
+                                          workdir=self.folder)
         base = base_generation(info, generation - 1)
         data = None if rebuilt or commit.replaced else commit.delta.encode(self.vectors.dimension)
         if data is None or self._compaction_due(base, generation, len(data)):
@@ -236,15 +258,16 @@ class Generations:
         ``delta_ratio`` times the base file, or number more than ``MAX_DELTAS``."""
         if generation - base > MAX_DELTAS:
             return True
-        base_file = self.folder / file_name(base)
-        if not base_file.is_file():
+        size = base_bytes(self.folder, base)
+        if size is None:
             return True
         existing = sum(p.stat().st_size for g, p in delta_files(self.folder).items() if base < g < generation)
-        return existing + pending > self.vectors.delta_ratio * base_file.stat().st_size
+        return self.vectors.compaction_due(existing + pending, size)
 
     def remove_other_files(self) -> None:
         """Remove every vector file that is not part of the loaded (committed) state."""
         keep = self.chain()
-        for file in [*vector_files(self.folder).values(), *delta_files(self.folder).values()]:
+        for file in [*vector_files(self.folder).values(), *data_files(self.folder).values(),
+                     *delta_files(self.folder).values()]:
             if file.name not in keep:
                 file.unlink(missing_ok=True)

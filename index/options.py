@@ -30,6 +30,7 @@ VECTOR_BACKENDS = {  # --index-type name -> "module:Class" under index/backends/
     "hnsw": "index.backends.hnsw:HNSWIndex",
     "ivf": "index.backends.ivf:IVFIndex",
     "ivfpq": "index.backends.ivfpq:IVFPQIndex",
+    "ivf-disk": "index.backends.ivf_disk:IVFDiskIndex",
 }
 AUTO_INDEX_TYPE = "auto"  # chosen by size: see index.vectors.resolve_type
 INDEX_TYPES = (*VECTOR_BACKENDS, AUTO_INDEX_TYPE)

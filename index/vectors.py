@@ -51,9 +51,11 @@ def resolve_type(kind: str, n: int) -> str:
     return kind
 
 
-def build(kind: str, dimension: int, n: int, batches: Batches, seed: int = 0) -> VectorIndex:
-    """An index of type ``kind`` (resolved for ``n`` vectors) over everything ``batches()`` yields."""
-    return backend(resolve_type(kind, n)).build(dimension, n, batches, seed)
+def build(kind: str, dimension: int, n: int, batches: Batches, seed: int = 0,
+          workdir: Path | None = None) -> VectorIndex:
+    """An index of type ``kind`` (resolved for ``n`` vectors) over everything ``batches()`` yields;
+    ``workdir``: the index folder, where an on-disk type writes its data while building."""
+    return backend(resolve_type(kind, n)).build(dimension, n, batches, seed, workdir=workdir)
 
 
 def empty(dimension: int) -> VectorIndex:
@@ -64,6 +66,10 @@ def empty(dimension: int) -> VectorIndex:
 def load(path: Path) -> VectorIndex:
     """Read a FAISS file and wrap it in the backend it belongs to."""
     try:
+        for kind in options.VECTOR_BACKENDS:
+            opened = backend(kind).open_file(Path(path))
+            if opened is not None:
+                return opened
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
         raise IndexCorruptError(

@@ -238,7 +238,11 @@ class Writer:
         overlap = check_overlap(info["passage_overlap"] if passage_overlap is None else passage_overlap,
                                 encoder.window)
         self.store.start_next_passages()
-        new = registry.empty(encoder.dimension)
+        kind = index_type or info.get("index_type", options.DEFAULT_INDEX_TYPE)
+        # Collect the new vectors in memory only when they will end as a flat index; other types are
+        # built from the stored vectors at the switch (in bounded memory where the type allows it).
+        in_memory = registry.resolve_type(kind, self.store.counts()[1]) == "flat"
+        new = registry.empty(encoder.dimension) if in_memory else None
         n_docs = n_passages = 0
         try:
             for rows in self.store.iter_documents():
@@ -246,7 +250,7 @@ class Writer:
                 with self.store.transaction():
                     for doc_id, doc in encoded.items():
                         ids = self.store.write_next_passages(doc_id, doc.passages, doc.vectors)
-                        if ids:
+                        if ids and new is not None:
                             new.add(np.asarray(ids, dtype=np.int64), doc.vectors)
                         n_passages += len(doc.passages)
                         n_docs += 1
@@ -254,7 +258,11 @@ class Writer:
                 self.store.swap_in_next_passages()
                 self.store.set_info({**encoder.describe(), "passage_tokens": encoder.window,
                                      "passage_overlap": overlap,
-                                     "index_type": index_type or info.get("index_type", options.DEFAULT_INDEX_TYPE)})
+                                     "index_type": kind})
+                if new is None:
+                    dimension = encoder.dimension
+                    new = registry.build(kind, dimension, n_passages, lambda: self.store.iter_vectors(dimension),
+                                         workdir=self.generations.folder)
                 commit.replace(new)
         except BaseException:
             self.store.drop_next_passages()
@@ -268,7 +276,8 @@ class Writer:
         registry.resolve_type(index_type, 0)  # validates the name
         dimension = int(self.store.get_info()["dimension"])
         n_docs, n = self.store.counts()
-        new = registry.build(index_type, dimension, n, lambda: self.store.iter_vectors(dimension))
+        new = registry.build(index_type, dimension, n, lambda: self.store.iter_vectors(dimension),
+                             workdir=self.generations.folder)
         with self.generations.commit() as commit:
             self.store.set_info({"index_type": index_type})
             commit.replace(new)

@@ -20,7 +20,7 @@ class SQ8Index(VectorIndex):
     rerank = True  # 8-bit scores: let the searcher re-rank candidates with the stored vectors
 
     @classmethod
-    def build(cls, dimension, n, batches, seed=0):
+    def build(cls, dimension, n, batches, seed=0, workdir=None):
         inner = faiss.index_factory(dimension, "SQ8", faiss.METRIC_INNER_PRODUCT)
         inner.train(training_sample(batches, n, 10_000, seed))
         return cls(faiss.IndexIDMap2(inner)).add_batches(batches)

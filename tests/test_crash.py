@@ -49,7 +49,8 @@ from index.indexer import Index
 from index.records import AddResult
 from index.store import DB_NAME
 from index.deltas import delta_files
-from index.generations import base_generation, chain_names, vector_files
+from index.backends.ivf_disk import IVFDiskIndex
+from index.generations import base_generation, chain_names, data_files, data_name, vector_files
 from search import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ import torch, transformers, faiss  # the slow imports, done once for every write
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 import transformers.models.bert.modeling_bert, transformers.models.bert.tokenization_bert
 import index.indexer, index.store, index.vectors, index.lock, index.encoder, index.passages, index.writer
-import index.backends.flat, index.backends.hnsw, index.backends.ivf, index.backends.ivfpq
+import index.backends.flat, index.backends.hnsw, index.backends.ivf, index.backends.ivfpq, index.backends.ivf_disk
 import search.searcher
 
 
@@ -139,10 +140,13 @@ def install_crash(spec, cmd):
 
     if kind == "on_commit":  # inside the n-th on_commit callback: that chunk is durable
         return hit
-    if kind in ("before_vectors_rename", "after_vectors_rename", "after_delta_rename", "after_base_rename"):
-        # a vector file (a base .faiss or a .delta) moved into place, its transaction not committed yet
+    if kind in ("before_vectors_rename", "after_vectors_rename", "after_delta_rename", "after_base_rename",
+                "after_data_rename"):
+        # a vector file (a base .faiss, an ivf-disk base's .ivfdata or a .delta) moved into place, its
+        # transaction not committed yet
         replace = os.replace
-        ends = {"after_delta_rename": (".delta",), "after_base_rename": (".faiss",)}.get(kind, (".faiss", ".delta"))
+        ends = {"after_delta_rename": (".delta",), "after_base_rename": (".faiss",),
+                "after_data_rename": (".ivfdata",)}.get(kind, (".faiss", ".delta"))
 
         def os_replace(src, dst, *a, **k):
             if kind == "before_vectors_rename" and is_vectors_file(dst):
@@ -236,6 +240,8 @@ def worker(cmd):
     index.options.DEFAULT_PRECISION = "fp32"  # the checks compare vectors with fp32 references
     index.options.DEFAULT_BACKEND = "torch"
     index.options.COMMIT_EVERY = cmd["commit_every"]
+    if cmd.get("ivf_disk_min_training"):  # small enough for the tiny corpus to switch to ivf-disk
+        index.backends.ivf_disk.IVFDiskIndex.min_training = cmd["ivf_disk_min_training"]
     hook = install_crash(cmd.get("crash"), cmd)
     say("start")
     docs = []
@@ -491,8 +497,12 @@ def check_final_files(path: Path) -> None:
     index = Index.open(path)
     try:
         generation = index.store.generation()
-        chain = set(chain_names(base_generation(index.store.get_info(), generation), generation))
-        present = {p.name for p in [*vector_files(path).values(), *delta_files(path).values()]}
+        base = base_generation(index.store.get_info(), generation)
+        chain = set(chain_names(base, generation))
+        if index.vectors.kind == "ivf-disk":
+            chain.add(data_name(base))
+        present = {p.name for p in [*vector_files(path).values(), *data_files(path).values(),
+                                    *delta_files(path).values()]}
         assert present == chain, (present, chain)
         leftovers = list(path.parent.glob(f".{path.name}.*"))  # staging, old or half-made folders
         assert not leftovers, leftovers
@@ -656,7 +666,14 @@ CRASH_POINTS = {
     "build-after-create": ("build", {"kind": "after_create", "n": 1}, "none"),
     "build-force-between-renames": ("build-force", {"kind": "between_renames", "n": 1}, "full"),
     "build-force-after-exchange": ("build-force", {"kind": "after_exchange", "n": 1}, "full"),
+    # ivf-disk: a base is a data file (renamed first) and its header; later commits are deltas
+    "ivf-disk-add-data-renamed": ("add", {"kind": "after_data_rename", "n": 1}, "empty ivf-disk"),
+    "ivf-disk-add-compacted-base-renamed": ("add", {"kind": "after_base_rename", "n": 3}, "empty ivf-disk"),
+    "ivf-disk-add-delta-renamed": ("add", {"kind": "after_delta_rename", "n": 2}, "empty ivf-disk"),
+    "ivf-disk-delete-delta-renamed": ("delete", {"kind": "after_delta_rename", "n": 1}, "full ivf-disk"),
+    "ivf-disk-rebuild-data-renamed": ("rebuild", {"kind": "after_data_rename", "n": 1}, "full ivf-disk"),
 }
+IVF_DISK_MIN_TRAINING = 64  # vectors: the 300 tiny documents switch to ivf-disk after a few commits
 
 
 @pytest.mark.slow
@@ -669,13 +686,18 @@ def test_kill_at_crash_point(name, fork_server, tiny_model, tmp_path, monkeypatc
     ref = Reference(tiny_model, docs + new_docs)
     order = [d["id"] for d in docs]
     path = tmp_path / "idx"
+    prepared, _, kind = prepared.partition(" ")
+    if kind:
+        monkeypatch.setattr(IVFDiskIndex, "min_training", IVF_DISK_MIN_TRAINING)
     if prepared != "none":
-        with Index.create(path, model=tiny_model) as index:
+        with Index.create(path, model=tiny_model, index_type=kind or "flat") as index:
             if prepared == "full":
                 index.add(docs)
     job_docs = new_docs if mode == "build-force" else docs
     docs_file = write_jsonl(tmp_path / "docs.jsonl", job_docs)
     cmd = {"index": str(path), "crash": crash, "model": tiny_model}
+    if kind:
+        cmd["ivf_disk_min_training"] = IVF_DISK_MIN_TRAINING
     deleted = order[:50]
     if mode == "rebuild":
         cmd.update(mode="rebuild", layer=-1)

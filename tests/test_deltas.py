@@ -151,7 +151,7 @@ def test_a_typed_index_takes_deltas_through_the_writer(tiny_model, tmp_path):
     assert hits[0].id == "new" and "d5" not in {h.id for h in hits}
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq", "ivf-disk"])
 def test_every_vector_type_reads_its_base_and_deltas(kind, tmp_path):
     """Synthetic vectors, enough to train the approximate types."""
     from index import vectors as registry

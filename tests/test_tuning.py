@@ -57,7 +57,7 @@ def test_proxy_queries_sit_at_the_chosen_cosine_to_their_passage():
     assert np.allclose(np.linalg.norm(proxy_queries(vecs), axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq", "ivf-disk"])
 def test_tuning_reaches_the_target_with_the_cheapest_setting(kind):
     vecs = clustered(10_000)
     index, result, queries, lookup = tuned_on(kind, vecs, 0.95)

@@ -32,7 +32,7 @@ def batches_of(ids, x):
     return lambda: ((ids[i : i + 2000], x[i : i + 2000]) for i in range(0, len(ids), 2000))
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq", "ivf-disk"])
 def test_each_type_agrees_with_exact_search_and_respects_deletes(data, kind, tmp_path):
     ids, x, queries = data
     exact = build("flat", D, N, batches_of(ids, x))
@@ -60,7 +60,7 @@ def test_each_type_agrees_with_exact_search_and_respects_deletes(data, kind, tmp
 def test_filtered_search_on_every_type(data):
     ids, x, queries = data
     allowed = ids[::7]
-    for kind in ("flat", "hnsw", "ivf"):
+    for kind in ("flat", "hnsw", "ivf", "ivf-disk"):
         vi = build(kind, D, N, batches_of(ids, x))
         _, got = vi.search(queries[:5], 10, allowed=allowed)
         assert np.isin(got[got >= 0], allowed).all() and (got >= 0).sum() >= 40

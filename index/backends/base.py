@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator, Optional
 
 import faiss
 import numpy as np
@@ -56,6 +57,7 @@ class VectorIndex(ABC):
     # (bytes); then a new base. Readers apply the deltas when they load, so a type whose additions are
     # slow to apply (HNSW) keeps them smaller.
     delta_ratio: ClassVar[float] = 1.5
+    max_delta_bytes: ClassVar[Optional[int]] = None  # and never more than this many bytes (None: no cap)
 
     def __init__(self, index: faiss.Index):
         self.index = index
@@ -63,12 +65,21 @@ class VectorIndex(ABC):
     # --- construction -------------------------------------------------------
     @classmethod
     @abstractmethod
-    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0) -> "VectorIndex":
+    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0,
+              workdir: Path | None = None) -> "VectorIndex":
         """An index over everything ``batches()`` yields (``n`` vectors).
 
         ``batches`` may be called more than once (a training sample, then the
         vectors), so memory holds the index, not a copy of the vectors.
+        ``workdir`` (the index folder) is where a backend that keeps its data
+        in files writes them while building (temporary names until ``save``).
         """
+
+    @classmethod
+    def open_file(cls, path: Path) -> "VectorIndex | None":
+        """This type's index read from ``path`` when it needs more than ``faiss.read_index`` (files
+        next to it); None for the others, which ``index.vectors.load`` reads the plain way."""
+        return None
 
     @classmethod
     @abstractmethod
@@ -109,6 +120,13 @@ class VectorIndex(ABC):
         """True when, at ``n`` stored vectors, this index should be rebuilt from them."""
         return False
 
+    def compaction_due(self, delta_bytes: int, base_bytes: int) -> bool:
+        """True when deltas of ``delta_bytes`` over a base of ``base_bytes`` should become a new base."""
+        limit = self.delta_ratio * base_bytes
+        if self.max_delta_bytes is not None:
+            limit = min(limit, self.max_delta_bytes)
+        return delta_bytes > limit
+
     # --- updates ---------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
@@ -145,17 +163,8 @@ class VectorIndex(ABC):
         keep = self.selector(allowed)  # referenced until the search returns
         if keep is not None:
             params.sel = keep
-        if len(queries) > SINGLE_THREAD_UP_TO:
+        with search_threads(len(queries)):
             return self.index.search(queries, k, params=params)
-        # A few queries gain nothing from OpenMP threads, and those threads then spin for a while
-        # on the cores the next query's embedding needs (measured on a 2-core Zen 1: query p50
-        # 15 -> 9 ms). The setting is process-wide, so it always goes back to the thread count
-        # this process started with, never to whatever a concurrent search had set.
-        faiss.omp_set_num_threads(1)
-        try:
-            return self.index.search(queries, k, params=params)
-        finally:
-            faiss.omp_set_num_threads(_DEFAULT_THREADS)
 
     def search_parameters(self, k: int, settings: SearchSettings) -> faiss.SearchParameters:
         return faiss.SearchParameters()
@@ -176,13 +185,28 @@ class VectorIndex(ABC):
                 faiss.write_index(self.index, str(tmp))
             except RuntimeError as exc:  # FAISS reports a full disk this way
                 raise SemsearchError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
 
         return write_atomically(Path(path), write)
+
+
+@contextmanager
+def search_threads(n_queries: int) -> Iterator[None]:
+    """Search ``n_queries`` on one OpenMP thread when they are few.
+
+    A few queries gain nothing from OpenMP threads, and those threads then spin for a while on
+    the cores the next query's embedding needs (measured on a 2-core Zen 1: query p50 15 -> 9 ms).
+    The setting is process-wide, so it always goes back to the thread count this process started
+    with, never to whatever a concurrent search had set.
+    """
+    if n_queries > SINGLE_THREAD_UP_TO:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(_DEFAULT_THREADS)
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
@@ -202,6 +226,14 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 def id_map_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     """The ids of an ``IndexIDMap2``, in insertion order."""
     return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path) -> None:

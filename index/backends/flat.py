@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 
 from .base import Batches, VectorIndex, id_map_ids
@@ -15,7 +17,8 @@ class FlatIndex(VectorIndex):
         return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)))
 
     @classmethod
-    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0) -> "FlatIndex":
+    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0,
+              workdir: Path | None = None) -> "FlatIndex":
         return cls.empty(dimension).add_batches(batches)
 
     @classmethod

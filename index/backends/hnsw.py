@@ -9,6 +9,8 @@ is tombstones it asks to be rebuilt (compacted) from the stored vectors.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 
@@ -30,7 +32,8 @@ class HNSWIndex(VectorIndex):
         self.deleted: set[int] = set()  # tombstones
 
     @classmethod
-    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0) -> "HNSWIndex":
+    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0,
+              workdir: Path | None = None) -> "HNSWIndex":
         inner = faiss.index_factory(dimension, f"HNSW{HNSW_M},Flat", faiss.METRIC_INNER_PRODUCT)
         faiss.downcast_index(inner).hnsw.efConstruction = EF_CONSTRUCTION
         return cls(faiss.IndexIDMap2(inner)).add_batches(batches)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 
@@ -53,7 +55,8 @@ class IVFIndex(VectorIndex):
         return f"IVF{nlist},Flat"
 
     @classmethod
-    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0) -> "IVFIndex":
+    def build(cls, dimension: int, n: int, batches: Batches, seed: int = 0,
+              workdir: Path | None = None) -> "IVFIndex":
         nlist = n_lists(n)
         inner = faiss.index_factory(dimension, cls.factory(dimension, nlist), faiss.METRIC_INNER_PRODUCT)
         cls.configure(faiss.downcast_index(inner))
@@ -67,7 +70,8 @@ class IVFIndex(VectorIndex):
 
     @classmethod
     def owns(cls, index: faiss.Index) -> bool:
-        return isinstance(index, faiss.IndexIVFFlat)
+        return (isinstance(index, faiss.IndexIVFFlat)
+                and not isinstance(faiss.downcast_InvertedLists(index.invlists), faiss.OnDiskInvertedLists))
 
     @property
     def inner(self) -> faiss.Index:
