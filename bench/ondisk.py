@@ -8,10 +8,10 @@ way a reader does and answers 200 noisy copies of stored vectors (cosine about 0
 its memory after opening and after the queries (RssAnon: the process's own memory; RssFile: pages
 of the mapped file, which the kernel takes back under pressure), and p50 latency warm (lists in
 the page cache) and cold (the data file dropped from the page cache before every query), at the
-default nprobe and at 4x it, with recall@10 against exact search. A third child copies the same
+default nprobe and at 4x it (cold: the first 30 queries), with recall@10 against exact search. A third child copies the same
 lists into memory (what ``ivf`` holds) and answers the same queries, for comparison.
 
-``--memory-limit 1G`` runs both search children again in a memory cgroup of that size (cgroup v1
+``--memory-limit 1G`` runs both search children again (30 queries) in a memory cgroup of that size (cgroup v1
 or v2, where this process may create one; else it says so): the on-disk index answers from a data
 file larger than the limit, the in-memory copy is killed. (A limit close to the process's own
 needs, some 60 MiB, leaves the page cache no room and a search thrashes.)
@@ -46,6 +46,8 @@ D = 384
 CENTRES = 2000
 BATCH = 50_000
 QUERIES = 200
+# a cold query reads every probed list from disk: seconds each at millions of vectors
+COLD_QUERIES = int(os.environ.get("ONDISK_COLD_QUERIES", "30"))
 
 
 def centres() -> np.ndarray:
@@ -102,15 +104,28 @@ def child_build(n: int, folder: Path) -> dict:
 
     from index.backends.ivf_disk import IVFDiskIndex
 
+    import threading
+
     faiss.omp_set_num_threads(os.cpu_count() or 1)
+    peak_anon, done = [0.0], threading.Event()
+
+    def watch():  # the peak of the process's own memory (RssAnon); VmHWM also counts mapped file pages
+        while not done.wait(0.1):
+            peak_anon[0] = max(peak_anon[0], memory().get("RssAnon", 0.0))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     started = time.perf_counter()
     built = IVFDiskIndex.build(D, n, batches(n), workdir=folder)
     built.save(folder / "vectors-1.faiss")
     seconds = time.perf_counter() - started
+    done.set()
+    watcher.join()
     np.save(folder / "queries.npy", queries(n))
     np.save(folder / "truth.npy", exact_top(n, queries(n)))
     return {"build_s": round(seconds, 1), "nlist": built.nlist, "default_nprobe": int(built.inner.nprobe),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_anon_mib": peak_anon[0],
             "data_bytes": (folder / "vectors-1.ivfdata").stat().st_size,
             "header_bytes": (folder / "vectors-1.faiss").stat().st_size}
 
@@ -131,7 +146,7 @@ def drop_from_page_cache(path: Path, lists=None) -> None:
         os.close(fd)
 
 
-def child_search(n: int, folder: Path, mode: str) -> dict:
+def child_search(n: int, folder: Path, mode: str, limit: int = QUERIES) -> dict:
     import faiss
 
     from index.vectors import SearchSettings, load
@@ -152,8 +167,8 @@ def child_search(n: int, folder: Path, mode: str) -> dict:
         drop_from_page_cache(data)
     open_s = time.perf_counter() - started
     opened = memory()
-    q = np.load(folder / "queries.npy")
-    truth = np.load(folder / "truth.npy")  # computed by the build child, outside any memory limit
+    q = np.load(folder / "queries.npy")[:limit]
+    truth = np.load(folder / "truth.npy")[:limit]  # computed by the build child, outside any memory limit
     out = {"mode": mode, "open_s": round(open_s, 2), "memory_before": before, "memory_opened": opened, "runs": []}
     for nprobe in (int(index.inner.nprobe), 4 * int(index.inner.nprobe)):
         settings = SearchSettings(nprobe=nprobe)
@@ -162,14 +177,14 @@ def child_search(n: int, folder: Path, mode: str) -> dict:
             times, found = [], []
             if not cold:
                 index.search(q, 10, settings=settings)  # warm the lists
-            for row in q:
+            for row in q[:COLD_QUERIES] if cold else q:
                 if cold:
                     drop_from_page_cache(data, index.lists)
                 t0 = time.perf_counter()
                 _, ids = index.search(row[None, :], 10, settings=settings)
                 times.append(time.perf_counter() - t0)
                 found.append(ids[0])
-            recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+            recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))  # zip: cold is shorter
             out["runs"].append({"nprobe": nprobe, "cache": label, "p50_ms": round(1000 * statistics.median(times), 2),
                                 "p99_ms": round(1000 * float(np.percentile(times, 99)), 2),
                                 "recall_at_10": round(recall, 4)})
@@ -221,7 +236,8 @@ def parse_size(text: str) -> int:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] in ("_build", "_search"):
         n, folder = int(sys.argv[2]), Path(sys.argv[3])
-        result = child_build(n, folder) if sys.argv[1] == "_build" else child_search(n, folder, sys.argv[4])
+        result = (child_build(n, folder) if sys.argv[1] == "_build"
+                  else child_search(n, folder, sys.argv[4], *map(int, sys.argv[5:6])))
         print(json.dumps(result))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -256,7 +272,8 @@ def main() -> int:
                                          ("disk, limited", "disk", group), ("memory, limited", "memory", group)):
                 if limited is None and label.endswith("limited"):
                     continue
-                row[label] = run_child(["_search", str(n), str(folder), mode], limited)
+                queries_ = [] if limited is None else [str(COLD_QUERIES)]  # under a limit even "warm" lists
+                row[label] = run_child(["_search", str(n), str(folder), mode, *queries_], limited)  # come from disk
                 print(json.dumps({"n": n, label: row[label]}), file=sys.stderr)
             rows.append(row)
             if not args.keep:
@@ -276,7 +293,8 @@ def main() -> int:
         n, b = r["n"], r["build"]
         print(f"\n{n:,} vectors ({D}-d): data file {b['data_bytes'] / 2**20:,.0f} MiB "
               f"({b['data_bytes'] / n:.0f} B/vector), header {b['header_bytes'] / 2**20:.1f} MiB; "
-              f"build {b.get('build_s')} s, peak RSS {b.get('peak_rss_mib')} MiB")
+              f"build {b.get('build_s')} s, peak RSS {b.get('peak_rss_mib')} MiB (its own memory, RssAnon: "
+              f"{b.get('peak_anon_mib')} MiB)")
         for label in [k for k in r if k not in ("n", "build")]:
             res = r[label]
             if res.get("failed"):
