@@ -245,6 +245,7 @@ def main() -> int:
     parser.add_argument("--memory-limit", default=None, help="run the search children in a memory cgroup (e.g. 1G)")
     parser.add_argument("--workdir", default=None, help="where to write the indexes (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the built indexes")
+    parser.add_argument("--only-limited", action="store_true", help="with --memory-limit: only the limited runs")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="semsearch-ondisk-"))
     group = None
@@ -270,7 +271,7 @@ def main() -> int:
             row = {"n": n, "build": built}
             for label, mode, limited in (("disk", "disk", None), ("memory", "memory", None),
                                          ("disk, limited", "disk", group), ("memory, limited", "memory", group)):
-                if limited is None and label.endswith("limited"):
+                if (limited is None and label.endswith("limited")) or (args.only_limited and limited is None):
                     continue
                 queries_ = [] if limited is None else [str(COLD_QUERIES)]  # under a limit even "warm" lists
                 row[label] = run_child(["_search", str(n), str(folder), mode, *queries_], limited)  # come from disk

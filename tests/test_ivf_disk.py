@@ -206,3 +206,28 @@ def test_rebuild_into_ivf_disk_from_the_cli(tiny_model, tmp_path):
     assert result.exit_code == 0 and json.loads(result.output)["vector_index"].startswith("ivf-disk")
     result = runner.invoke(cli, ["query", "bank river d 5", "--index", str(path), "-k", "3", "--json"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_full_disk_while_compacting_changes_nothing(disk_index, monkeypatch):
+    import faiss
+
+    class FullDisk:  # FAISS reports a failed ftruncate of the new data file as a RuntimeError
+        def __init__(self, *args):
+            pass
+
+        def merge_from_multiple(self, *args):
+            raise RuntimeError("Error in void faiss::OnDiskInvertedLists::update_totsize(size_t) at "
+                               "OnDiskInvertedLists.cpp:313: ftruncate failed: No space left on device")
+
+    before = vector_file_names(disk_index)
+    monkeypatch.setattr(IVFDiskIndex, "max_delta_bytes", 0)  # the next commit compacts
+    monkeypatch.setattr(faiss, "OnDiskInvertedLists", FullDisk)
+    with pytest.raises(SemsearchError, match="No space left on device"):
+        with Index.open(disk_index) as index:
+            index.add(docs(1, prefix="full", seed=3))
+    monkeypatch.undo()
+    assert vector_file_names(disk_index) == before
+    assert not [p for p in disk_index.iterdir() if p.name.startswith(".vectors-")]
+    with Index.open(disk_index) as index:
+        assert index.check().ok and index.vectors.ntotal == 800
+        assert "full0" not in {h.id for h in Searcher(index).search("full 0", k=5)}

@@ -36,7 +36,7 @@ from typing import Iterator
 import faiss
 import numpy as np
 
-from ..errors import IndexCorruptError
+from ..errors import IndexCorruptError, SemsearchError
 from .base import Batches, SearchSettings, StoredIds, VectorIndex, fsync_dir, fsync_file, search_threads
 from .ivf import default_nprobe, n_lists, nprobe_ladder, training_sample
 
@@ -97,8 +97,11 @@ def _merged(trained: faiss.IndexIVFFlat, sources: list, path: Path) -> faiss.Ind
     pointers = faiss.InvertedListsPtrVector()
     for source in sources:
         pointers.push_back(source)
-    with native_stdout_silenced():
-        n = lists.merge_from_multiple(pointers.data(), pointers.size(), False)
+    try:
+        with native_stdout_silenced():
+            n = lists.merge_from_multiple(pointers.data(), pointers.size(), False)
+    except RuntimeError as exc:  # FAISS reports a full disk (a failed ftruncate or mmap) this way
+        raise SemsearchError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
     index.replace_invlists(lists, True)
     lists.this.disown()  # the index owns it now
     index.ntotal = n
