@@ -38,6 +38,13 @@ def nprobe_ladder(nlist: int) -> list[int]:
     return out + [nlist]
 
 
+def list_ids(invlists) -> np.ndarray:
+    """Every id in a FAISS ``InvertedLists`` (in memory or on disk), list by list."""
+    parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+             for i in range(invlists.nlist) if invlists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+
+
 def training_sample(batches: Batches, n: int, size: int, seed: int) -> np.ndarray:
     """A uniform random sample of about ``size`` vectors, drawn while streaming."""
     rng = np.random.default_rng(seed)
@@ -85,10 +92,7 @@ class IVFIndex(VectorIndex):
         return f"{self.kind} ({self.nlist} lists)"
 
     def stored_ids(self) -> np.ndarray:
-        lists = self.inner.invlists
-        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-                 for i in range(lists.nlist) if lists.list_size(i)]
-        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
+        return list_ids(self.inner.invlists)
 
     def needs_rebuild(self, n: int) -> bool:
         return n_lists(n) > 2 * self.nlist

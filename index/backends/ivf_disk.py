@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import IndexCorruptError, SemsearchError
 from .base import Batches, SearchSettings, StoredIds, VectorIndex, fsync_dir, fsync_file, search_threads
-from .ivf import default_nprobe, n_lists, nprobe_ladder, training_sample
+from .ivf import default_nprobe, list_ids, n_lists, nprobe_ladder, training_sample
 
 SHARD = 100_000  # vectors per in-memory shard while building (about 150 MB at 384-d)
 DATA_SUFFIX = ".ivfdata"
@@ -211,7 +211,7 @@ class IVFDiskIndex(VectorIndex):
     def base_ids(self) -> np.ndarray:
         """The ids in the base file, sorted (read once from the mapped lists: 8 bytes a vector)."""
         if self._base_ids is None:
-            self._base_ids = np.sort(_list_ids(self.inner.invlists))
+            self._base_ids = np.sort(list_ids(self.inner.invlists))
         return self._base_ids
 
     def agrees_with(self, stored: StoredIds) -> bool:
@@ -219,12 +219,12 @@ class IVFDiskIndex(VectorIndex):
         if self.ntotal != stored.count:
             return False
         base_sum = _list_id_sum(self.inner.invlists)
-        overlay_sum = int(_list_ids(self.overlay.invlists).sum())
+        overlay_sum = int(list_ids(self.overlay.invlists).sum())
         return base_sum - int(self.removed.sum()) + overlay_sum == stored.id_sum
 
     def stored_ids(self) -> np.ndarray:
         live = np.setdiff1d(self.base_ids(), self.removed, assume_unique=True)
-        return np.concatenate([live, _list_ids(self.overlay.invlists)])
+        return np.concatenate([live, list_ids(self.overlay.invlists)])
 
     def needs_rebuild(self, n: int) -> bool:
         return n_lists(n) > 2 * self.nlist
@@ -331,16 +331,6 @@ class IVFDiskIndex(VectorIndex):
             return super().save(path)
         finally:
             lists.filename = str(data)
-
-
-def _list_ids(invlists) -> np.ndarray:
-    """Every id in a FAISS ``InvertedLists``."""
-    parts = []
-    for i in range(invlists.nlist):
-        size = invlists.list_size(i)
-        if size:
-            parts.append(faiss.rev_swig_ptr(invlists.get_ids(i), size).copy())
-    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 
 def _list_id_sum(invlists) -> int:
