@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SemsearchError
-from .folder import numbered_entries
+from .folder import fsync_dir, fsync_file, numbered_entries
 from .store import MetadataStore
 
 log = logging.getLogger("semsearch")
@@ -156,15 +156,15 @@ class LexicalIndex:
                         "k1": K1, "b": B, "method": METHOD}
                 (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
                 for file in tmp.iterdir():
-                    sync(file)
-                sync(tmp)
+                    fsync_file(file)
+                fsync_dir(tmp)
             except OSError as exc:
                 raise SemsearchError(f"cannot write {final}: {exc.strerror or exc}") from None
             if final.exists():  # made by an earlier session for this very generation
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-                sync(Path(folder))
+                fsync_dir(Path(folder))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -191,15 +191,6 @@ class LexicalIndex:
                 retriever is not None and retriever.scores.get("num_docs") != len(ids)):
             return None
         return index
-
-
-def sync(path: Path) -> None:
-    """fsync a file or a folder."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LexicalIndexes:

@@ -32,6 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from . import vectors as registry
+from .backends.base import DATA_SUFFIX
 from .deltas import MAX_DELTAS, Delta, delta_files, delta_name, load_delta
 from .errors import SemsearchError
 from .folder import numbered_entries
@@ -39,7 +40,7 @@ from .store import MetadataStore
 from .vectors import StoredIds, VectorIndex
 
 FILE_PATTERN = re.compile(r"^vectors-(\d+)\.faiss$")
-DATA_PATTERN = re.compile(r"^vectors-(\d+)\.ivfdata$")  # an on-disk base's lists (backends/ivf_disk.py)
+DATA_PATTERN = re.compile(r"^vectors-(\d+)" + re.escape(DATA_SUFFIX) + "$")  # an ivf-disk base's lists
 TEMPORARY_GLOB = ".vectors-*.tmp-*"
 
 
@@ -48,7 +49,7 @@ def file_name(generation: int) -> str:
 
 
 def data_name(generation: int) -> str:
-    return f"vectors-{generation}.ivfdata"
+    return f"vectors-{generation}{DATA_SUFFIX}"
 
 
 def vector_files(folder: Path) -> dict[int, Path]:
@@ -159,7 +160,7 @@ class Generations:
             if vectors is None:
                 n = store.counts()[1]
                 vectors = registry.build(rebuild_kind, dimension, n, lambda: store.iter_vectors(dimension),
-                                         workdir=self.folder if rebuild_kind != "flat" else None)
+                                         workdir=self.folder)
         self.vectors, self.generation, self.base = vectors, generation, base
         return from_file
 

@@ -23,8 +23,10 @@ import faiss
 import numpy as np
 
 from ..errors import SemsearchError
+from ..folder import fsync_dir, fsync_file  # noqa: F401  (backends import them from here)
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+DATA_SUFFIX = ".ivfdata"  # a base's data file next to its header, for a backend that maps its data (ivf-disk)
 SINGLE_THREAD_UP_TO = 4  # queries searched without OpenMP threads
 _DEFAULT_THREADS = faiss.omp_get_max_threads()
 
@@ -226,22 +228,3 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 def id_map_ids(index: faiss.IndexIDMap2) -> np.ndarray:
     """The ids of an ``IndexIDMap2``, in insertion order."""
     return faiss.vector_to_array(index.id_map).astype(np.int64)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -37,11 +37,11 @@ import faiss
 import numpy as np
 
 from ..errors import IndexCorruptError, SemsearchError
-from .base import Batches, SearchSettings, StoredIds, VectorIndex, fsync_dir, fsync_file, search_threads
-from .ivf import default_nprobe, list_ids, n_lists, nprobe_ladder, training_sample
+from .base import (DATA_SUFFIX, Batches, SearchSettings, StoredIds, VectorIndex, fsync_dir, fsync_file,
+                   search_threads, write_atomically)
+from .ivf import IVFIndex, default_nprobe, list_ids, n_lists, nprobe_ladder, training_sample
 
 SHARD = 100_000  # vectors per in-memory shard while building (about 150 MB at 384-d)
-DATA_SUFFIX = ".ivfdata"
 _names = itertools.count()
 
 
@@ -115,7 +115,7 @@ def _remove_file(path: Path | None) -> None:
 
 class IVFDiskIndex(VectorIndex):
     kind = "ivf-disk"
-    min_training = 39 * 16
+    min_training = IVFIndex.min_training
     delta_ratio = 0.5
     max_delta_bytes = 1 << 30  # at most this much of later commits is held in memory over a base
 
@@ -307,18 +307,18 @@ class IVFDiskIndex(VectorIndex):
             self.lists.filename = str(data)
             self._set_scratch(None)
         else:
-            tmp = path.parent / f".{data.name}.tmp-{os.getpid()}"
-            try:
+            merged = []
+
+            def write(tmp: Path) -> None:
                 index = _merged(self.inner, [self.inner.invlists, self.overlay.invlists], tmp)
                 if len(self.removed):
                     with native_stdout_silenced():
                         index.remove_ids(faiss.IDSelectorBatch(self.removed))
                 fsync_file(tmp)
-                os.replace(tmp, data)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            fsync_dir(path.parent)
+                merged.append(index)
+
+            write_atomically(data, write)
+            (index,) = merged
             faiss.downcast_InvertedLists(index.invlists).filename = str(data)
             old_scratch = self.scratch
             self.index, self.overlay = index, _empty_like(index)
