@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 import sqlite3
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Iterable
 
 import click
@@ -139,15 +139,15 @@ def _encoding_engine(engine, ray_address, ray_actors, batch_size):
         if ray_address or ray_actors:
             raise SemsearchError("--ray-address and --ray-actors need --engine ray")
         return None
-    from index.ray_engine import RayEngine, RaySettings
+    from index.distributed.ray_engine import RayEngine, RaySettings
 
     return RayEngine(RaySettings(address=ray_address, actors=ray_actors, batch_size=batch_size))
 
 
 def _open_for_writing(index_path, **kw):
     """An index folder opened for adding or deleting: sharded or not, whichever it holds."""
+    from index.distributed.shards import ShardedIndex, is_sharded
     from index.indexer import Index
-    from index.shards import ShardedIndex, is_sharded
 
     return (ShardedIndex if is_sharded(index_path) else Index).open(index_path, **kw)
 
@@ -193,7 +193,7 @@ def source_options(f):
 
 
 def _read_sources(sources: Iterable[str], id_field, text_field, fmt, strict):
-    from index.sources import ReadReport, read_documents
+    from index.ingest.sources import ReadReport, read_documents
 
     report = ReadReport()
     docs = read_documents(list(sources), id_field=id_field, text_field=text_field, format=fmt,
@@ -306,7 +306,7 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
 
     build = Index.build
     if shards:
-        from index.shards import ShardedIndex
+        from index.distributed.shards import ShardedIndex
 
         if hybrid:
             raise SemsearchError("--hybrid is not available with --shards (BM25 statistics would differ per shard)")
@@ -329,7 +329,7 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
 def _report_int8(index) -> None:
     """int8 is opt-in and approximate: say how close it came to fp32."""
     if index.config.get("precision") == "int8":
-        from index.precision import MIN_INT8_COSINE
+        from index.model.precision import MIN_INT8_COSINE
 
         click.echo(f"int8: lowest cosine to fp32 on the probe texts {index.encoder.export_cosine:.5f} "
                    f"(refused below {MIN_INT8_COSINE})", err=True)
@@ -431,8 +431,8 @@ def index_info(index_path, as_json) -> None:
     Example:
       semsearch index info --index my-index --json
     """
+    from index.distributed.shards import ShardedIndex, is_sharded
     from index.indexer import Index
-    from index.shards import ShardedIndex, is_sharded
 
     if is_sharded(index_path):
         sharded = ShardedIndex.open(index_path).info()
@@ -472,7 +472,7 @@ def index_split(index_path, shards, into, force, quiet) -> None:
       semsearch index split --shards 4 --index my-index --into my-index-4
       semsearch query "refund" --index my-index-4
     """
-    from index.split import split_index
+    from index.distributed.split import split_index
 
     progress = Progress("copying documents", quiet=quiet)
     started = time.monotonic()
@@ -653,14 +653,14 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, backe
     """
     import numpy as np
 
-    from index.encoder import Encoder
+    from index.model.encoder import Encoder
 
     if bool(texts) == bool(input_path):
         raise SemsearchError("give either TEXT arguments or --input FILE")
     if texts:
         items = [(str(i), t) for i, t in enumerate(texts)]
     else:
-        from index.sources import ReadReport, read_texts
+        from index.ingest.sources import ReadReport, read_texts
 
         report = ReadReport()
         docs = read_texts(input_path, id_field=id_field, text_field=text_field, format=fmt,
@@ -726,7 +726,7 @@ def token_model_options(f):
 
 def _token_encoder(model, keep_hangul):
     """The encoder of the token commands: fp32 on PyTorch (exact, and nothing to export)."""
-    from index.encoder import Encoder
+    from index.model.encoder import Encoder
 
     return Encoder.load(model, precision="fp32", backend="torch",
                         keep_hangul=True if keep_hangul is None else keep_hangul)
@@ -867,7 +867,7 @@ def similar_words_cmd(pairs, model, keep_hangul, layers, combine, occurrence, as
       S="After stealing money from the bank vault, the bank robber was seen fishing on the Mississippi river bank."
       semsearch similar-words "$S" bank "$S" bank "$S" bank --occurrence 1 --occurrence 2 --occurrence 3
     """
-    from index.contextual import similar_words
+    from index.model.contextual import similar_words
 
     if len(pairs) < 4 or len(pairs) % 2:
         raise SemsearchError("give SENTENCE WORD pairs, at least two of them (an even number of arguments)")
@@ -875,7 +875,7 @@ def similar_words_cmd(pairs, model, keep_hangul, layers, combine, occurrence, as
     report = similar_words(encoder, list(zip(pairs[::2], pairs[1::2])), occurrence=list(occurrence) or 1,
                            layers=layers or list(options.WORD_LAYERS), combine=combine)
     if plot_path:
-        from index.plots import similarity_heatmap
+        from index.model.plots import similarity_heatmap
 
         click.echo(f"wrote {similarity_heatmap(report, plot_path)}", err=True)
     if as_json:
@@ -911,13 +911,13 @@ def layers_cmd(texts, model, keep_hangul, as_json, plot_path) -> None:
       semsearch layers "How do I reset my password?" "I forgot my login secret."
       semsearch layers "The bank raised its rates." --plot layers.png
     """
-    from index.contextual import layer_report
+    from index.model.contextual import layer_report
 
     _check_texts(texts)
     encoder = _token_encoder(model, keep_hangul)
     report = layer_report(encoder, list(texts))
     if plot_path:
-        from index.plots import layer_figure
+        from index.model.plots import layer_figure
 
         click.echo(f"wrote {layer_figure(report, plot_path)}", err=True)
     if as_json:
@@ -1015,8 +1015,8 @@ def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window
     """
     from pathlib import Path
 
+    from index.distributed.shards import is_sharded
     from index.indexer import Index
-    from index.shards import is_sharded
 
     if engine == "ray":
         _serve_on_ray(Path(index_path), host, port, token_file, ray_address, replicas, replica_cpus,
@@ -1113,7 +1113,7 @@ def faq_build(sources, index_path, force, question_field, answer_field, id_field
       semsearch faq build faq.csv --question-field q --answer-field a --index faq-index
     """
     from index.indexer import Index
-    from index.sources import ReadReport
+    from index.ingest.sources import ReadReport
     from search.faq import faq_documents, read_faq
 
     report = ReadReport()

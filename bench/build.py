@@ -12,7 +12,7 @@ two sizes shows it. ``--types`` adds other index types, built at the larger size
 
 Part 2 builds each FAISS index type (flat, hnsw, ivf, ivfpq) over N synthetic
 384-d unit vectors (default 100,000; --quick 20,000; seeded) with
-``index.vectors.build``, saves it, and reports file bytes / N and build seconds.
+``index.ann.registry.build``, saves it, and reports file bytes / N and build seconds.
 ivfpq needs at least 9,984 vectors to train; below that it stays flat. It also
 reports the SQLite bytes per passage that semsearch stores in addition
 (``semsearch.db`` / passages of the larger part-1 index; each row holds a
@@ -52,9 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
+from index.ann.registry import backend, build  # noqa: E402
 from index.options import COMMIT_EVERY, VECTOR_BACKENDS  # noqa: E402
-from index.store import DB_NAME  # noqa: E402
-from index.vectors import backend, build  # noqa: E402
+from index.storage.store import DB_NAME  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SCIFACT = Path("scifact") / "corpus.jsonl"
@@ -172,16 +173,16 @@ import json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 folder, n, ratio, adds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-import index.deltas
+import index.storage.deltas
 from index import Index
-from index.backends.base import VectorIndex
+from index.ann.base import VectorIndex
 from index.records import Passage
-from index.passages import EncodedDocument
-from index.generations import base_generation, chain_names
+from index.ingest.passages import EncodedDocument
+from index.storage.generations import base_generation, chain_names
 
 DIM = 384
 written = {"base": 0, "delta": 0, "bases": 0, "deltas": 0}
-save_base, save_delta = VectorIndex.save, index.deltas.Delta.save
+save_base, save_delta = VectorIndex.save, index.storage.deltas.Delta.save
 
 def counted_base(self, path):
     out = save_base(self, path)
@@ -193,7 +194,7 @@ def counted_delta(self, path, dimension, data=None):
     written["delta"] += os.path.getsize(out); written["deltas"] += 1
     return out
 
-VectorIndex.save, index.deltas.Delta.save = counted_base, counted_delta
+VectorIndex.save, index.storage.deltas.Delta.save = counted_base, counted_delta
 if ratio >= 0:
     VectorIndex.delta_ratio = ratio
 
@@ -205,7 +206,7 @@ def fake_encode(texts):
         out[doc_id] = EncodedDocument([Passage(0, 0, len(text), text)], v / np.linalg.norm(v))
     return out
 
-class FakeEngine:  # the engine seam of Writer (index.engines): one passage a document, a seeded vector
+class FakeEngine:  # the engine seam of Writer (index.ingest.engines): one passage a document, a seeded vector
     def encode_chunks(self, chunks, settings, progress=None):
         for chunk in chunks:
             yield chunk, fake_encode(chunk.texts)
@@ -325,7 +326,7 @@ def main() -> int:
     marginal = round((large["documents"] - small["documents"]) / max(1e-9, large["seconds"] - small["seconds"]), 2)
     chunks = [-(-r["documents"] // COMMIT_EVERY) for r in (small, large)]
 
-    from index.encoder import Encoder
+    from index.model.encoder import Encoder
 
     default = Encoder.load()  # what `index build` runs here by default (auto: measured once, cached)
     print(f"machine: {cpu_line()}; default encoder: {default.backend} {default.precision}")

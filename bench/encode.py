@@ -13,7 +13,7 @@ the unique STSb test sentences (short).
 Each repetition times sentence-transformers and every semsearch configuration
 back to back, the order reversed every other repetition, and the table reports
 medians. Accuracy: the minimum cosine between each configuration's vectors and
-the slow fp32 reference (``index.reference.reference_vectors``, same layer and pooling)
+the slow fp32 reference (``index.model.reference.reference_vectors``, same layer and pooling)
 on a sample of at most 200 texts per workload. For int8, the spread that
 batching causes (activations are quantised per batch): the lowest cosine
 between a text's vector encoded in its batch and alone. It also measures the
@@ -46,11 +46,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from index.encoder import Encoder  # noqa: E402
+
 from index.errors import SemsearchError  # noqa: E402
+from index.model.encoder import Encoder  # noqa: E402
+from index.model.precision import choose_precision  # noqa: E402
+from index.model.reference import reference_vectors  # noqa: E402
 from index.options import BACKENDS, DEFAULT_BATCH_SIZE, PRECISIONS  # noqa: E402
-from index.precision import choose_precision  # noqa: E402
-from index.reference import reference_vectors  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SCIFACT = Path("scifact") / "corpus.jsonl"

@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
 from index import Index  # noqa: E402
 from search.beir import load_qrels, load_queries  # noqa: E402
 from search.calibration import Observation, rates  # noqa: E402
-from search.faq import FAQ, DEFAULT_THRESHOLD, faq_documents, read_faq  # noqa: E402
+from search.faq import DEFAULT_THRESHOLD, FAQ, faq_documents, read_faq  # noqa: E402
 from search.faq_tuning import LabelledQuestion, calibrate_index, observe_faq  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"

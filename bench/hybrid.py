@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
 from index import Index  # noqa: E402
-from index.bm25 import LexicalIndex, bm25_folders  # noqa: E402
-from index.folder import is_index  # noqa: E402
-from index.sources import read_documents  # noqa: E402
+from index.ingest.sources import read_documents  # noqa: E402
+from index.lexical.bm25 import LexicalIndex, bm25_folders  # noqa: E402
+from index.storage.folder import is_index  # noqa: E402
 from search.evaluation import evaluate_index, format_table, plan_evaluation  # noqa: E402
 from search.searcher import Searcher  # noqa: E402
 

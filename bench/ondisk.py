@@ -100,11 +100,11 @@ def memory() -> dict:
 
 # --- children ------------------------------------------------------------------------------
 def child_build(n: int, folder: Path) -> dict:
+    import threading
+
     import faiss
 
-    from index.backends.ivf_disk import IVFDiskIndex
-
-    import threading
+    from index.ann.ivf_disk import IVFDiskIndex
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     peak_anon, done = [0.0], threading.Event()
@@ -149,7 +149,7 @@ def drop_from_page_cache(path: Path, lists=None) -> None:
 def child_search(n: int, folder: Path, mode: str, limit: int = QUERIES) -> dict:
     import faiss
 
-    from index.vectors import SearchSettings, load
+    from index.ann.registry import SearchSettings, load
 
     header, data = folder / "vectors-1.faiss", folder / "vectors-1.ivfdata"
     drop_from_page_cache(data)

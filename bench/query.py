@@ -30,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
 from index import Index  # noqa: E402
+from index.ingest.sources import read_documents  # noqa: E402
 from index.options import BACKENDS, PRECISIONS  # noqa: E402
-from index.sources import read_documents  # noqa: E402
 from search import Searcher  # noqa: E402
 from search.evaluation import load_queries  # noqa: E402
 

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
 from index import Index  # noqa: E402
 from search import Searcher  # noqa: E402
 
@@ -75,8 +76,8 @@ def proxy_curves(base: Path, qvecs: np.ndarray, samples: int = 300) -> list[dict
     """Recall@10 per nprobe / efSearch for the claims and for the candidate tuning queries."""
     import faiss
 
-    from index.backends.ivf import n_lists
-    from index.tuning import proxy_queries
+    from index.ann.ivf import n_lists
+    from index.ann.tuning import proxy_queries
 
     with Index.open(base) as index:
         dim = int(index.config["dimension"])

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
 from index import Index  # noqa: E402
-from index.sources import read_documents  # noqa: E402
+from index.ingest.sources import read_documents  # noqa: E402
 from search.beir import load_queries  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "stackfaq"

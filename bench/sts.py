@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hostinfo import cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
-from index.encoder import Encoder  # noqa: E402
+
+from index.model.encoder import Encoder  # noqa: E402
 from search.evaluation import spearman  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "stsb_en" / "stsb-en-test.csv"

@@ -1,12 +1,18 @@
 """semsearch indexing: the encoder, the SQLite metadata store, the FAISS vector index and the indexer.
 
-Where things live: ``indexer.Index`` (the public face), ``writer`` (add, delete,
-rebuild under the lock), ``snapshot`` (what a reader sees of one generation),
-``generations`` (FAISS file <-> SQLite generation), ``folder`` (create, swap,
-recover), ``store`` + ``migrations`` (SQLite), ``vectors`` + ``backends/``
-(FAISS index types), ``encoder`` + ``config``/``loading``/``precision``/``bert``/
-``pooling`` (the model), ``passages`` (windows), ``sources`` (input files),
-``options`` (choices and defaults, no heavy imports).
+The package is cut by concern; each sub-package's docstring says what it owns
+and what it may import (``tests/test_architecture.py`` checks the layering):
+
+- ``model/``: text to vectors (the encoder, its runners, tokens and word vectors);
+- ``ann/``: the FAISS vector indexes (one backend per file, the registry, tuning);
+- ``ingest/``: input files to documents and passages, and the encoding engine seam;
+- ``storage/``: the index folder, SQLite, generations and deltas, the writer, check;
+- ``lexical/``: the optional BM25 index;
+- ``distributed/``: Ray encoding, shards and splitting.
+
+The public face is here: ``indexer.Index``, ``records`` (what calls return),
+``errors``, ``options`` (choices and defaults, no heavy imports) and ``files``
+(durable writes).
 
     from index import Index
     idx = Index.create("faq-index")            # the embedded all-MiniLM-L6-v2, layer -2, mean pooling
@@ -31,15 +37,15 @@ from .errors import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import EncoderConfig
-    from .encoder import Encoder
     from .indexer import Index
+    from .model.config import EncoderConfig
+    from .model.encoder import Encoder
     from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
 
 _LAZY = {
     "Index": "indexer", "IndexInfo": "records", "AddResult": "records",
-    "DeleteResult": "records", "RebuildResult": "records", "Encoder": "encoder",
-    "EncoderConfig": "config",
+    "DeleteResult": "records", "RebuildResult": "records", "Encoder": "model.encoder",
+    "EncoderConfig": "model.config",
 }
 
 

@@ -16,18 +16,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from . import bm25, folder, options
-from . import vectors as registry
-from .config import EncoderConfig, resolve_model
-from .encoder import Encoder
-from .engines import Engine
+from . import options
+from .ann import registry
 from .errors import ConfigMismatchError, IndexExistsError, IndexNotFoundError, SemsearchError
-from .generations import Generations, file_name
-from .migrations import SCHEMA_VERSION
+from .ingest.engines import Engine
+from .lexical import bm25
+from .model.config import EncoderConfig, resolve_model
+from .model.encoder import Encoder
 from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
-from .snapshot import Snapshot
-from .store import MetadataStore
-from .writer import OnCommit, Progress, Writer, check_overlap
+from .storage import folder
+from .storage.check import CheckReport, RepairReport, check_index, repair_index
+from .storage.generations import Generations, file_name
+from .storage.migrations import SCHEMA_VERSION
+from .storage.snapshot import Snapshot
+from .storage.store import MetadataStore
+from .storage.writer import OnCommit, Progress, Writer, check_overlap
 
 __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
@@ -165,7 +168,7 @@ class Index:
         and swaps it in only when it is complete, so a failed build loses
         nothing. A build that was interrupted (``complete`` is false) is
         resumed: stored unchanged documents are not encoded again. ``engine``
-        encodes the documents (default: in this process; see ``index.engines``).
+        encodes the documents (default: in this process; see ``index.ingest.engines``).
         """
         path = Path(path)
         if folder.is_index(path) and not force:
@@ -222,7 +225,7 @@ class Index:
     # --- reading -------------------------------------------------------------------------
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
-        """One read snapshot of the committed state (see ``index.snapshot``)."""
+        """One read snapshot of the committed state (see ``index.storage.snapshot``)."""
         with self.store.transaction(immediate=False):
             vectors = self.generations.current()
             yield Snapshot(self.store, vectors, self.generations.generation, self.store.get_info(), self.encoder_for)
@@ -259,16 +262,12 @@ class Index:
                 writer.record({"target_recall": check_target(target_recall)})
             return writer.tune(force=True)
 
-    def check(self, sample: int = 20):
-        """Verify counts, the FAISS id mapping, the model and a re-encoded sample (see ``index.check``)."""
-        from .check import check_index
-
+    def check(self, sample: int = 20) -> CheckReport:
+        """Verify counts, the FAISS id mapping, the model and a re-encoded sample (see ``index.storage.check``)."""
         return check_index(self, sample=sample)
 
-    def repair(self):
+    def repair(self) -> RepairReport:
         """Rewrite what can be rebuilt from SQLite (FAISS file, leftovers); loses no document."""
-        from .check import repair_index
-
         return repair_index(self)
 
     def setting(self, key: str) -> Any:
@@ -285,7 +284,7 @@ class Index:
     # --- writing ---------------------------------------------------------------------------
     def writer(self, engine: Engine | None = None) -> Writer:
         """A write session (``with index.writer() as w: ...``): holds the lock until it ends.
-        ``engine`` encodes what it adds (default: in this process; see ``index.engines``)."""
+        ``engine`` encodes what it adds (default: in this process; see ``index.ingest.engines``)."""
         return Writer(self.path, self.store, self.generations, lambda: self.encoder, wait=self.wait,
                       batch_size=self.batch_size, device=self.device, engine=engine)
 
@@ -308,7 +307,7 @@ class Index:
         text is unchanged is not encoded again (only its metadata is updated).
         When an id repeats in the input, the last one wins and it is reported.
         ``on_commit`` is called with the ids of each chunk once it is durable.
-        ``engine`` encodes them (default: in this process; see ``index.engines``).
+        ``engine`` encodes them (default: in this process; see ``index.ingest.engines``).
         """
         with self.session(engine) as writer:
             return writer.add(documents, progress, on_commit)

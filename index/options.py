@@ -7,7 +7,7 @@ a caller can change one in a single place.
 
 Vector backends register here: ``VECTOR_BACKENDS`` maps an ``--index-type``
 name to the class that implements it (imported only when used). A new backend
-is one file in ``index/backends/`` plus one line in this mapping.
+is one file in ``index/ann/`` plus one line in this mapping.
 """
 
 from __future__ import annotations
@@ -25,20 +25,20 @@ DEFAULT_MAX_LENGTH = 256  # tokens per model input when the model folder does no
 DEFAULT_BATCH_SIZE = 16  # long texts per model call on the CPU; short texts share the token budget
 
 # --- the index ---------------------------------------------------------------------------
-VECTOR_BACKENDS = {  # --index-type name -> "module:Class" under index/backends/
-    "flat": "index.backends.flat:FlatIndex",
-    "hnsw": "index.backends.hnsw:HNSWIndex",
-    "ivf": "index.backends.ivf:IVFIndex",
-    "ivfpq": "index.backends.ivfpq:IVFPQIndex",
-    "ivf-disk": "index.backends.ivf_disk:IVFDiskIndex",
+VECTOR_BACKENDS = {  # --index-type name -> "module:Class" under index/ann/
+    "flat": "index.ann.flat:FlatIndex",
+    "hnsw": "index.ann.hnsw:HNSWIndex",
+    "ivf": "index.ann.ivf:IVFIndex",
+    "ivfpq": "index.ann.ivfpq:IVFPQIndex",
+    "ivf-disk": "index.ann.ivf_disk:IVFDiskIndex",
 }
 AUTO_INDEX_TYPE = "auto"  # chosen by size: see index.vectors.resolve_type
 INDEX_TYPES = (*VECTOR_BACKENDS, AUTO_INDEX_TYPE)
 DEFAULT_INDEX_TYPE = "flat"
 DEFAULT_PASSAGE_OVERLAP = 32  # tokens shared by consecutive passages; at most a quarter of the window
 COMMIT_EVERY = 1000  # documents per committed transaction while adding
-SHARD_MANIFEST = "semsearch-shards.json"  # marks a sharded index's folder (index.shards)
-ENGINES = ("local", "ray")  # who encodes an add: this process, or a Ray actor pool (index.ray_engine)
+SHARD_MANIFEST = "semsearch-shards.json"  # marks a sharded index's folder (index.distributed.shards)
+ENGINES = ("local", "ray")  # who encodes an add: this process, or a Ray actor pool (index.distributed.ray_engine)
 DEFAULT_TARGET_RECALL = 0.95  # approximate indexes tune their search settings to reach this recall@10
 
 # --- input ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from index.errors import SemsearchError
 from index.indexer import Index
 
 from .calibration import SETTING, Calibration
-from .searcher import Hit, SearchRequest, Searcher
+from .searcher import Hit, Searcher, SearchRequest
 
 # Uncalibrated default: with the embedded model at layer -2 on StackFAQ, every correctly matched
 # one of the first 400 rewordings scored >= 0.70 (README, "FAQ bots"); it answers many off-topic
@@ -189,7 +189,7 @@ def read_faq(sources: Sequence[str], *, question_field: str = "question", answer
              report: Any = None) -> list[dict[str, Any]]:
     """FAQ entries from JSONL (``{"id", "question", "answer"}`` by default), CSV or TSV files: rows that
     share an id are paraphrases of one entry and must share its answer."""
-    from index.sources import read_documents
+    from index.ingest.sources import read_documents
 
     entries: dict[str, dict[str, Any]] = {}
     for doc in read_documents(list(sources), id_field=id_field, text_field=question_field, format=format,

@@ -112,7 +112,7 @@ def observe_faq(faq: FAQ, labelled: Sequence[LabelledQuestion], batch: int = 128
 
 def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]) -> list[Observation]:
     """Observations with another layer: the FAQ's questions and the labelled ones encoded with it, exact search."""
-    from index.encoder import Encoder
+    from index.model.encoder import Encoder
 
     cfg = index.config
     encoder = Encoder.load(cfg["model"], layer=layer, pooling=cfg["pooling"], max_length=cfg["max_length"],

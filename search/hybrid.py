@@ -8,7 +8,7 @@ a document is ``sum(1 / (RRF_K + rank))`` over the rankings it appears in
 contributes its best ``max(k, DEPTH)`` documents. A fused hit names the passage
 of the ranking where its document ranked better (the vector one on a tie).
 ``Searcher.search(..., hybrid=True)`` uses it; the BM25 index itself is
-``index.bm25``.
+``index.lexical.bm25``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from index.records import Passage
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from index.bm25 import LexicalIndex
-    from index.snapshot import Snapshot
+    from index.lexical.bm25 import LexicalIndex
+    from index.storage.snapshot import Snapshot
 
 RRF_K = 60  # the constant of reciprocal rank fusion: larger values flatten the weight of the top ranks
 DEPTH = 100  # documents each ranking contributes to the fusion (at least k)

@@ -1,6 +1,6 @@
 """``semsearch serve --engine ray``: an index's shards as Ray Serve deployments behind one HTTP endpoint.
 
-Each shard of a sharded index (``index.shards``; an unsharded index is one
+Each shard of a sharded index (``index.distributed.shards``; an unsharded index is one
 shard) is a deployment, ``shard-<n>``, of ``replicas`` replicas: a
 ``Searcher`` over that shard's folder answering vector searches. The ingress
 deployment, ``gateway``, is a FastAPI app with the JSON of ``search.service``
@@ -27,9 +27,9 @@ import numpy as np
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
+from index.distributed.ray_engine import connect, import_ray
+from index.distributed.shards import ShardManifest, is_sharded
 from index.errors import SemsearchError
-from index.ray_engine import connect, import_ray
-from index.shards import ShardManifest, is_sharded
 
 from . import api_models as m
 from .service import MAX_K, ServiceError, install_error_handlers, parse_where

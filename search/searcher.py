@@ -3,7 +3,7 @@
 A document's score is its best passage's score; a hit names the passage that
 matched. Metadata filters (``where``) restrict the vector search itself to the
 matching documents' passages, so ``k`` hits come back whenever ``k`` documents
-match. Every search runs in one read snapshot (``index.snapshot``): the query
+match. Every search runs in one read snapshot (``index.storage.snapshot``): the query
 is embedded by the encoder that snapshot's configuration names, so a
 long-running ``Searcher`` follows other processes' commits and rebuilds.
 With ``hybrid`` (by default when the index records it) the vector ranking is
@@ -20,12 +20,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from index.bm25 import SETTING as HYBRID_SETTING
+from index.ann.registry import SearchSettings
 from index.errors import SemsearchError
 from index.indexer import Index
+from index.lexical.bm25 import SETTING as HYBRID_SETTING
 from index.records import Passage
-from index.snapshot import Snapshot
-from index.vectors import SearchSettings
+from index.storage.snapshot import Snapshot
 
 from . import hybrid as fusion
 

@@ -33,7 +33,7 @@ from index.indexer import Index
 from . import api_models as m
 from .batching import MicroBatcher
 from .faq import FAQ
-from .searcher import SearchRequest, Searcher
+from .searcher import Searcher, SearchRequest
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_K = 1000

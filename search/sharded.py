@@ -2,7 +2,7 @@
 
 ``ShardedSearcher`` has the query methods of ``Searcher`` (``search``,
 ``search_many``, ``search_batch``, ``search_vectors``) over a sharded index
-(``index.shards``). A document lives whole in one shard, so its best passage
+(``index.distributed.shards``). A document lives whole in one shard, so its best passage
 and score there are the ones one index over the same documents would find,
 and the best ``k`` documents overall are among the shards' own best ``k``:
 ``merge_hits`` sorts them by score, ties by document id (as ``Searcher``
@@ -19,10 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from index.distributed.shards import ShardedIndex, is_sharded
 from index.errors import SemsearchError
-from index.shards import ShardedIndex, is_sharded
 
-from .searcher import Hit, SearchOutcome, SearchRequest, Searcher, check_k
+from .searcher import Hit, Searcher, SearchOutcome, SearchRequest, check_k
 
 NO_HYBRID = "hybrid search is not available on a sharded index (BM25 statistics differ per shard)"
 
@@ -39,7 +39,7 @@ def check_queries(queries: Sequence[str]) -> None:
 
 
 class ShardedSearcher:
-    """Search a sharded index. ``index`` is its folder or an open :class:`index.shards.ShardedIndex`."""
+    """Search a sharded index. ``index`` is its folder or an open :class:`index.distributed.shards.ShardedIndex`."""
 
     def __init__(self, index: str | os.PathLike | ShardedIndex, model: str | os.PathLike | None = None,
                  batch_size: int = 32, ef_search: int | None = None, nprobe: int | None = None,

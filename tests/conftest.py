@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from tiny_model import make_tiny_bert  # noqa: F401  (tests import it from here too)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -49,7 +48,7 @@ def tiny_model_nfd(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def embedded_model() -> str:
-    from index.config import embedded_model_path
+    from index.model.config import embedded_model_path
 
     return str(embedded_model_path())
 

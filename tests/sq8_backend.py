@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import faiss
 
-from index.backends.base import VectorIndex, id_map_ids
-from index.backends.ivf import training_sample
+from index.ann.base import VectorIndex, id_map_ids
+from index.ann.ivf import training_sample
 
 
 class SQ8Index(VectorIndex):

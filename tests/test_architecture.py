@@ -1,7 +1,9 @@
-"""The package's seams: no import cycle, no reading of another module's private names, light CLI parsing.
+"""The package's seams: no import cycle, layered sub-packages, no private reads, light CLI parsing.
 
 These read the source (``ast``), so they fail the moment a change breaks a
-rule, whatever the tests of behaviour say.
+rule, whatever the tests of behaviour say. Every import statement counts,
+wherever it stands: at module level, inside a function, or under
+``if TYPE_CHECKING:`` (a cycle there is still a cycle for a reader).
 """
 
 from __future__ import annotations
@@ -32,23 +34,11 @@ def package_modules() -> dict[str, Path]:
 MODULES = package_modules()
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.AST):
-    """Every import node, at any depth, except those under ``if TYPE_CHECKING:``."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            stack.extend(node.orelse)
-            continue
+    """Every import node, at any depth: in functions and under ``if TYPE_CHECKING:`` too."""
+    for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        stack.extend(ast.iter_child_nodes(node))
 
 
 def _base(module: str, node: ast.ImportFrom) -> str:
@@ -142,6 +132,77 @@ def test_the_package_has_no_import_cycle():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+FOUNDATION = {"index.errors", "index.options", "index.records", "index.files"}
+ROOMS = ("model", "ann", "ingest", "storage", "lexical", "distributed")
+# What each room of index/ may import (besides itself and the foundation), lowest first.
+MAY_IMPORT = {
+    "foundation": set(),
+    "index.model": set(),
+    "index.ann": set(),
+    "index.ingest": {"index.model"},
+    "index.storage": {"index.model", "index.ann", "index.ingest"},
+    "index.lexical": {"index.storage"},
+    "index.indexer": {"index.model", "index.ann", "index.ingest", "index.storage", "index.lexical"},
+    "index": {"index.model", "index.indexer"},  # the package's lazy public names
+    "index.distributed": {"index", "index.indexer", *(f"index.{r}" for r in ROOMS)},
+}
+
+
+def room(module: str) -> str | None:
+    """The layer ``module`` belongs to: a sub-package of index, the foundation, or None (search, cli)."""
+    if module in FOUNDATION:
+        return "foundation"
+    if module in ("index", "index.indexer"):
+        return module
+    parts = module.split(".")
+    if parts[0] == "index" and len(parts) > 1 and parts[1] in ROOMS:
+        return f"index.{parts[1]}"
+    return None
+
+
+def layering_problems(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for module, targets in graph.items():
+        here = room(module)
+        for target in sorted(targets):
+            there = room(target)
+            if module.startswith("index") and not target.startswith("index"):
+                problems.append(f"{module} imports {target}: index imports nothing from search or the CLI")
+                continue
+            if module.startswith("search") and target == "cli":
+                problems.append(f"{module} imports the CLI")
+            if here is None or there in (here, "foundation"):
+                continue
+            if there not in MAY_IMPORT[here]:
+                problems.append(f"{module} ({here}) imports {target} ({there})")
+    return problems
+
+
+def test_index_is_cut_into_rooms():
+    """``ls index/`` shows the concerns; each room says what it owns and what it may import."""
+    top = sorted(p.name for p in (ROOT / "index").iterdir() if not p.name.startswith(("_", ".")) or p.name == "__init__.py")
+    assert top == sorted(["__init__.py", *ROOMS, *(m.split(".")[1] + ".py" for m in FOUNDATION), "indexer.py"])
+    for name in ROOMS:
+        doc = ast.get_docstring(ast.parse((ROOT / "index" / name / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and "Owns:" in doc and "May import:" in doc, f"index/{name}/__init__.py must say what it owns"
+
+
+def test_the_layering_rules_catch_what_they_should():
+    assert layering_problems({"index.model.encoder": {"index.storage.store"}}) == [
+        "index.model.encoder (index.model) imports index.storage.store (index.storage)"]
+    assert layering_problems({"index.storage.writer": {"index.model.encoder", "index.errors"}}) == []
+    assert layering_problems({"index.ann.flat": {"search.searcher"}})
+    # an import inside a function and one under TYPE_CHECKING are both seen
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\ndef f():\n    import b\n")
+    assert sorted(alias.name for node in _imports(tree) if isinstance(node, ast.Import) for alias in node.names) == [
+        "a", "b"]
+
+
+def test_the_rooms_import_only_what_their_layer_allows():
+    problems = layering_problems(import_graph())
+    assert not problems, "\n".join(problems)
+
+
 def test_no_module_reads_another_modules_private_names():
     problems = [p for module in MODULES for p in private_uses(module)]
     assert not problems, "\n".join(problems)
@@ -157,8 +218,9 @@ def test_modules_are_small_and_say_what_they_own(module):
 
 def test_registered_backends_are_the_cli_choices():
     """One registration line per backend: the CLI's --index-type choices come from it."""
-    from index import options, vectors
-    from index.backends.base import VectorIndex
+    from index import options
+    from index.ann import registry as vectors
+    from index.ann.base import VectorIndex
 
     assert options.INDEX_TYPES == (*options.VECTOR_BACKENDS, "auto")
     for kind in options.VECTOR_BACKENDS:

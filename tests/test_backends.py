@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from index import Index, options
-from index.generations import vector_files
-from index.vectors import load
+from index.ann.registry import load
+from index.storage.generations import vector_files
 from search import Searcher
 
 DOCS = [{"id": f"d{i}", "text": f"the fox number {i} jumps over the dog {i % 7}", "metadata": {"g": i % 3}}

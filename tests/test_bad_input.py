@@ -497,7 +497,7 @@ def test_unreadable_file_simulated(runner, built, tmp_path, monkeypatch):
     """The same as above for root: opening the file fails with EACCES."""
     import builtins
 
-    from index import sources
+    from index.ingest import sources
 
     index, baseline = built
     src = write_jsonl(tmp_path / "secret.jsonl", [{"_id": "s", "text": "hello world"}])
@@ -694,8 +694,8 @@ def test_damaged_faiss_file_is_rebuilt_from_stored_vectors(runner, built, damage
     # The next write replaces the damaged file with a good one (a base, and the write's delta).
     src = write_jsonl(index.parent / "more.jsonl", [{"_id": "new", "text": "hello world"}])
     assert "1 added" in run_ok(runner, "index", "add", src, "--index", index, "-q").stderr
-    from index.generations import base_generation, read_vectors
     from index.indexer import Index
+    from index.storage.generations import base_generation, read_vectors
 
     with Index.open(index) as opened:
         generation = opened.store.generation()
@@ -800,7 +800,7 @@ def test_recorded_fingerprint_mismatch_suggests_rebuild(runner, built, tmp_path)
 
 
 def test_overwritten_model_weights_are_detected(runner, tiny_model, tiny_model_other, tmp_path, monkeypatch):
-    from index.encoder import Encoder
+    from index.model.encoder import Encoder
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
@@ -874,7 +874,7 @@ def test_disk_full_as_faiss_reports_it(runner, built, tmp_path, monkeypatch):
 
 
 def test_disk_full_while_renaming_the_faiss_file(runner, built, tmp_path, monkeypatch):
-    from index.backends import base
+    from index.ann import base
 
     index, baseline = built
     src = _new_docs(tmp_path)
@@ -885,7 +885,7 @@ def test_disk_full_while_renaming_the_faiss_file(runner, built, tmp_path, monkey
 
 
 def test_disk_full_while_writing_documents(runner, built, tmp_path, monkeypatch):
-    from index.store import MetadataStore
+    from index.storage.store import MetadataStore
 
     index, baseline = built
     src = _new_docs(tmp_path)
@@ -897,7 +897,7 @@ def test_disk_full_while_writing_documents(runner, built, tmp_path, monkeypatch)
 
 def test_disk_full_while_deleting(runner, built, tmp_path, monkeypatch):
     """A delete that fails on a full disk must not have deleted anything."""
-    import index.deltas as deltas_module
+    import index.storage.deltas as deltas_module
 
     index, baseline = built
     monkeypatch.setattr(faiss, "write_index", _no_space)  # a new base, or...
@@ -910,7 +910,7 @@ def test_disk_full_while_deleting(runner, built, tmp_path, monkeypatch):
 
 def test_disk_full_in_sqlite(runner, built, tmp_path, monkeypatch):
     """SQLite's own 'database or disk is full' (the file may not grow by one page)."""
-    from index.store import MetadataStore
+    from index.storage.store import MetadataStore
 
     index, baseline = built
     src = write_jsonl(tmp_path / "new.jsonl", [

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from index import Index
-from index.generations import vector_files
+from index.storage.generations import vector_files
 from search import Searcher
 
 DOCS = [{"id": f"d{i}", "text": f"the fox number {i} jumps over the dog"} for i in range(8)]

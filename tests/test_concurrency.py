@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import index.lock as lock_module
 import index.options as options_module
+import index.storage.lock as lock_module
 from cli import cli
 from index.errors import IndexLockedError
 from index.indexer import Index
-from index.lock import LOCK_NAME
+from index.storage.lock import LOCK_NAME
 from search import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,7 +371,7 @@ def test_long_running_searcher_follows_a_rebuild_by_another_process(change, know
 # --- the write lock -------------------------------------------------------------------------------
 LOCKER = r'''
 import os, sys
-from index.lock import WriteLock
+from index.storage.lock import WriteLock
 
 lock = WriteLock(sys.argv[1]).acquire()
 print("locked", os.getpid(), flush=True)

@@ -44,13 +44,13 @@ from click.testing import CliRunner
 
 import index.options as options_module
 from cli import cli
-from index.encoder import Encoder
+from index.ann.ivf_disk import IVFDiskIndex
 from index.indexer import Index
+from index.model.encoder import Encoder
 from index.records import AddResult
-from index.store import DB_NAME
-from index.deltas import delta_files
-from index.backends.ivf_disk import IVFDiskIndex
-from index.generations import base_generation, chain_names, data_files, data_name, vector_files
+from index.storage.deltas import delta_files
+from index.storage.generations import base_generation, chain_names, data_files, data_name, vector_files
+from index.storage.store import DB_NAME
 from search import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +105,8 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import torch, transformers, faiss  # the slow imports, done once for every writer
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 import transformers.models.bert.modeling_bert, transformers.models.bert.tokenization_bert
-import index.indexer, index.store, index.vectors, index.lock, index.encoder, index.passages, index.writer
-import index.backends.flat, index.backends.hnsw, index.backends.ivf, index.backends.ivfpq, index.backends.ivf_disk
+import index.indexer, index.storage.store, index.ann.registry, index.storage.lock, index.model.encoder, index.ingest.passages, index.storage.writer
+import index.ann.flat, index.ann.hnsw, index.ann.ivf, index.ann.ivfpq, index.ann.ivf_disk
 import search.searcher
 
 
@@ -123,8 +123,8 @@ def install_crash(spec, cmd):
     if not spec:
         return None
     import pathlib
-    from index.lock import WriteLock
-    from index.store import MetadataStore
+    from index.storage.lock import WriteLock
+    from index.storage.store import MetadataStore
     kind, n = spec["kind"], spec.get("n", 1)
     hits = [0]
 
@@ -201,7 +201,7 @@ def install_crash(spec, cmd):
 
         WriteLock.acquire = acquire_
     elif kind == "between_renames":  # build --force without an atomic exchange: old index moved aside
-        import index.folder as folder
+        import index.storage.folder as folder
 
         folder.exchange = lambda a, b: False
         rename = os.rename
@@ -214,7 +214,7 @@ def install_crash(spec, cmd):
 
         os.rename = os_rename
     elif kind == "after_exchange":  # build --force: new index swapped in, old one not yet removed
-        import index.folder as folder
+        import index.storage.folder as folder
 
         exchange = folder.exchange
 
@@ -241,7 +241,7 @@ def worker(cmd):
     index.options.DEFAULT_BACKEND = "torch"
     index.options.COMMIT_EVERY = cmd["commit_every"]
     if cmd.get("ivf_disk_min_training"):  # small enough for the tiny corpus to switch to ivf-disk
-        index.backends.ivf_disk.IVFDiskIndex.min_training = cmd["ivf_disk_min_training"]
+        index.ann.ivf_disk.IVFDiskIndex.min_training = cmd["ivf_disk_min_training"]
     hook = install_crash(cmd.get("crash"), cmd)
     say("start")
     docs = []

@@ -7,8 +7,8 @@ import pytest
 
 import index.options as options_module
 from index import Index
-from index.deltas import Delta, delta_files, load_delta
-from index.generations import base_generation, chain_names, vector_files
+from index.storage.deltas import Delta, delta_files, load_delta
+from index.storage.generations import base_generation, chain_names, vector_files
 from search import Searcher
 
 WORDS = "the a of to and in bank river money boat sea pear fruit fox dog cat quick brown lazy over".split()
@@ -154,8 +154,8 @@ def test_a_typed_index_takes_deltas_through_the_writer(tiny_model, tmp_path):
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq", "ivf-disk"])
 def test_every_vector_type_reads_its_base_and_deltas(kind, tmp_path):
     """Synthetic vectors, enough to train the approximate types."""
-    from index import vectors as registry
-    from index.generations import read_vectors
+    from index.ann import registry
+    from index.storage.generations import read_vectors
 
     rng = np.random.default_rng(0)
     dim = 64
@@ -187,7 +187,7 @@ def test_every_vector_type_reads_its_base_and_deltas(kind, tmp_path):
 def test_a_full_disk_while_writing_a_delta_changes_nothing(big, monkeypatch):
     import errno
 
-    import index.deltas as deltas_module
+    import index.storage.deltas as deltas_module
     from index.errors import SemsearchError
 
     def no_space(*args, **kwargs):

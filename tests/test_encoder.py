@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from index.encoder import Encoder
 from index.errors import ModelLoadError, SemsearchError
-from index.tokenizer import decomposes_hangul
-from index.pooling import pool
+from index.model.encoder import Encoder
+from index.model.pooling import pool
+from index.model.tokenizer import decomposes_hangul
 
 TEXTS = [
     "how do i reset my password",
@@ -161,8 +161,8 @@ def test_fp16_on_cpu_is_refused(tiny_model):
 
 
 def test_auto_precision_selection(tiny_model, monkeypatch):
-    import index.precision as precision_module
-    from index.precision import choose_precision
+    import index.model.precision as precision_module
+    from index.model.precision import choose_precision
 
     Encoder.clear_cache()
     monkeypatch.setattr(precision_module, "cpu_supports_bf16", lambda: False)
@@ -193,7 +193,7 @@ def test_index_records_the_chosen_precision(tiny_model, tmp_path):
 
 
 def test_lean_forward_is_used_only_when_it_reproduces_the_library(tiny_model, monkeypatch):
-    from index import bert
+    from index.model import bert
 
     Encoder.clear_cache()
     enc = Encoder.load(tiny_model)

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from cli import cli
 from index import Index
 from index.errors import SemsearchError
-from search import FAQ
-from search import faq_tuning
+from search import FAQ, faq_tuning
 from search.calibration import SETTING, Observation, choose, rates
 from search.faq import faq_documents, read_faq
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from cli import cli
 from index import Index, SemsearchError
-from index import bm25 as lexical_module
-from index.bm25 import LexicalIndex, bm25_folders
+from index.lexical import bm25 as lexical_module
+from index.lexical.bm25 import LexicalIndex, bm25_folders
 from index.records import Passage
 from search import Searcher
 from search.hybrid import RRF_K, Ranked, fuse, rrf_score

@@ -7,16 +7,10 @@ import pytest
 
 import index.options as options_module
 from index import Index
-from index.encoder import Encoder
-from index.errors import (
-    ConfigMismatchError,
-    IndexExistsError,
-    IndexLockedError,
-    IndexNotFoundError,
-    SemsearchError,
-)
-from index.lock import WriteLock
-from index.generations import vector_files
+from index.errors import ConfigMismatchError, IndexExistsError, IndexLockedError, IndexNotFoundError, SemsearchError
+from index.model.encoder import Encoder
+from index.storage.generations import vector_files
+from index.storage.lock import WriteLock
 from search import Searcher
 
 DOCS = [

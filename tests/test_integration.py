@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from index import Index
-from index.encoder import Encoder
-from index.reference import reference_vectors
+from index.model.encoder import Encoder
+from index.model.reference import reference_vectors
 from search import FAQ, Searcher
 from search.evaluation import evaluate, load_qrels, load_queries
 
@@ -133,7 +133,7 @@ def test_long_document_passages_with_the_real_tokenizer(tmp_path):
 
 def stackfaq_ndcg(shared_data, tmp_path, layer: int) -> float:
     root = shared_data / "stackfaq"
-    from index.sources import read_documents
+    from index.ingest.sources import read_documents
 
     index, _ = Index.build(tmp_path / f"stackfaq{layer}", read_documents([root / "corpus.jsonl"]), layer=layer)
     qrels = load_qrels(root / "qrels" / "test.tsv")

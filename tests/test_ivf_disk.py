@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import index.backends.ivf_disk as ivf_disk
+import index.ann.ivf_disk as ivf_disk
 from cli import cli
 from index import Index
-from index.backends.ivf_disk import IVFDiskIndex, data_file
+from index.ann.ivf_disk import IVFDiskIndex, data_file
+from index.ann.registry import SearchSettings, build, load
 from index.errors import SemsearchError
-from index.generations import data_files, vector_files
-from index.deltas import delta_files
-from index.vectors import SearchSettings, build, load
+from index.storage.deltas import delta_files
+from index.storage.generations import data_files, vector_files
 from search import Searcher
 
 D = 32

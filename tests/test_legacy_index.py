@@ -33,7 +33,7 @@ def legacy(request, tmp_path):
     if transformers.__version__ != EXPECTED["transformers"]:
         # The weights fingerprint covers the model's configuration as transformers writes it,
         # version included: record the fingerprint this installation computes for the same weights.
-        from index.encoder import Encoder
+        from index.model.encoder import Encoder
 
         fingerprint = Encoder.load(None, precision="fp32").fingerprint
         with Index.open(path) as index, index.store.transaction():

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import Index, assemble, model_cache
-from index import precision as policy
-from index.encoder import Encoder
+from index import Index
 from index.errors import ConfigMismatchError, SemsearchError
-from index.reference import reference_vectors
-from index.tokenizer import Tokenizer
+from index.model import assemble, model_cache
+from index.model import precision as policy
+from index.model.encoder import Encoder
+from index.model.reference import reference_vectors
+from index.model.tokenizer import Tokenizer
 from search import Searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,9 +219,8 @@ def test_a_query_on_the_onnx_path_imports_no_torch_and_gives_the_torch_hits(tiny
 def tiny_roberta(tmp_path_factory) -> str:
     """A RoBERTa (not a plain BERT) with the tiny BERT's tokenizer."""
     import torch
-    from transformers import RobertaConfig, RobertaModel
-
     from conftest import make_tiny_bert
+    from transformers import RobertaConfig, RobertaModel
 
     folder = make_tiny_bert(tmp_path_factory.mktemp("tiny-roberta"))
     vocab = len((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())

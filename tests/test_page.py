@@ -13,11 +13,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_service import ready, serving
 
 from index import Index
 from search.faq import faq_documents, read_faq
-
-from test_service import ready, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

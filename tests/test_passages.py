@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index.passages import split_passages
+from index.ingest.passages import split_passages
 
 
 def tokens_of(text: str) -> tuple[list[int], list[tuple[int, int]]]:

@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_shards import stored  # (document id, order) -> (passage, vector)
 
 import index.options as options_module
 from cli import cli
 from index import Index
+from index.distributed.ray_engine import MISSING_RAY, RayEngine, RaySettings, import_ray
 from index.errors import SemsearchError
-from test_shards import stored  # (document id, order) -> (passage, vector)
-from index.ray_engine import MISSING_RAY, RayEngine, RaySettings, import_ray
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,7 @@ def test_the_cli_builds_a_sharded_index_on_ray(ray_local, tiny_model, tmp_path):
         result = bounded(runner.invoke, cli, ["index", "build", str(source), "--index", str(tmp_path / name),
                                               "--shards", "2", "--model", tiny_model, "-q", *extra])
         assert result.exit_code == 0, result.output
-    from index.shards import ShardedIndex
+    from index.distributed.shards import ShardedIndex
 
     local, on_ray = ShardedIndex.open(tmp_path / "local"), ShardedIndex.open(tmp_path / "ray")
     for a, b in zip(on_ray.indexes, local.indexes):

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from index import Index
-from index.shards import ShardedIndex
+from index.distributed.shards import ShardedIndex
 from search import Searcher
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,6 @@ def served(tiny_model, tmp_path_factory):
     ray = pytest.importorskip("ray")
     httpx = pytest.importorskip("httpx")
     import index.options
-
     from search.ray_serve import RayServeSettings, start, stop
 
     root = tmp_path_factory.mktemp("served")

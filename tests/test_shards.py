@@ -13,10 +13,10 @@ from click.testing import CliRunner
 import index.options as options_module
 from cli import cli
 from index import Index
-from index.encoder import Encoder
+from index.distributed.shards import MANIFEST, ShardedIndex, is_sharded, shard_of
+from index.distributed.split import split_index
 from index.errors import ConfigMismatchError, IndexExistsError, SemsearchError
-from index.shards import MANIFEST, ShardedIndex, is_sharded, shard_of
-from index.split import split_index
+from index.model.encoder import Encoder
 from search import Searcher
 from search.sharded import ShardedSearcher, merge_hits, open_searcher
 

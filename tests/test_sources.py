@@ -1,4 +1,4 @@
-"""Tests for index.sources: reading documents from JSONL, CSV/TSV, text, directories, stdin."""
+"""Tests for index.ingest.sources: reading documents from JSONL, CSV/TSV, text, directories, stdin."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index import sources
 from index.errors import InputError
-from index.sources import Document, ReadReport, read_documents, read_texts
+from index.ingest import sources
+from index.ingest.sources import Document, ReadReport, read_documents, read_texts
 
 KOREAN = "배를 타고 바다로 갔다"
 KOREAN_NFD = unicodedata.normalize("NFD", KOREAN)

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 from cli import cli
 from index import Index
-from index import vectors as registry
-from index.tuning import PROXY_COSINE, Tuning, exact_neighbours, measure, proxy_queries, tune
-from index.vectors import SearchSettings
+from index.ann import registry
+from index.ann.registry import SearchSettings
+from index.ann.tuning import PROXY_COSINE, Tuning, exact_neighbours, measure, proxy_queries, tune
 from search import Searcher
 
 WORDS = "the a of to and in bank river money boat sea pear fruit fox dog cat quick brown lazy over".split()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import index.vectors as vectors_module
+import index.ann.registry as vectors_module
 from index import Index
+from index.ann.registry import build, load, resolve_type
 from index.errors import SemsearchError
-from index.generations import vector_files
-from index.vectors import build, load, resolve_type
+from index.storage.generations import vector_files
 from search import Searcher
 
 D = 32
@@ -100,7 +100,7 @@ def test_indexer_with_approximate_types(kind, tiny_model, tmp_path, monkeypatch)
 
 
 def test_rebuild_switches_type_without_reencoding(tiny_model, tmp_path, monkeypatch):
-    from index.encoder import Encoder
+    from index.model.encoder import Encoder
 
     path = tmp_path / "idx"
     Index.create(path, model=tiny_model).add(DOCS)

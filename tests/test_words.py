@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from cli import cli
 from index import Encoder
-from index.contextual import find_word, layer_report, similar_words
 from index.errors import SemsearchError
-from index.hangul import KEPT, NO_SYLLABLES, SPLIT, WHOLE
-from index.reference import hidden_state_vectors
+from index.model.contextual import find_word, layer_report, similar_words
+from index.model.hangul import KEPT, NO_SYLLABLES, SPLIT, WHOLE
+from index.model.reference import hidden_state_vectors
 
 BOAT = "배를 타고 여행을 간다."
 PEAR = "추석에 먹은 배가 맛있었다."
@@ -122,7 +122,7 @@ def test_the_index_records_keep_hangul_and_rebuild_changes_it(tiny_model_nfd, tm
 
 
 def test_indexes_from_before_keep_hangul_keep_the_models_split():
-    from index.config import EncoderConfig
+    from index.model.config import EncoderConfig
 
     info = {"model": "m", "layer": -2, "pooling": "mean", "max_length": 64, "precision": "fp32"}
     assert EncoderConfig.from_info(info).keep_hangul is False

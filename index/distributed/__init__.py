@@ -1,0 +1,9 @@
+"""Scale-out: encoding on Ray, an index split into shards.
+
+Owns: ``ray_engine`` (an encoding engine on a Ray actor pool, the ``ray``
+extra), ``shards`` (``ShardedIndex``: documents routed by id to several plain
+indexes) and ``split`` (one index cut into shards without re-encoding).
+
+May import: anything in ``index`` (it builds on ``indexer.Index``); nothing
+else in ``index`` imports it (``search`` and the CLI do).
+"""

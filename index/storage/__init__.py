@@ -1,0 +1,13 @@
+"""The storage engine: one index folder, SQLite as the source of truth, FAISS files per generation.
+
+Owns: ``folder`` (made aside and renamed into place, swapped, recovered),
+``store`` + ``migrations`` (every SQL statement, numbered schema versions),
+``lock`` (the single writer), ``generations`` + ``deltas`` (which FAISS base and
+delta files belong to a committed generation), ``snapshot`` (what a reader
+sees of one generation), ``writer`` (add, delete, rebuild under the lock, in
+commit-sized transactions) and ``check`` (verify and repair).
+
+May import: the foundation modules of ``index``, ``index.model``,
+``index.ann`` and ``index.ingest``; never ``indexer``, ``lexical`` or
+``distributed`` (they build on this).
+"""
