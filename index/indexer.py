@@ -11,22 +11,25 @@ pieces.
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import contextmanager
+import sqlite3
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import options
 from .ann import registry
-from .errors import ConfigMismatchError, IndexExistsError, IndexNotFoundError, SemsearchError
+from .errors import ConfigMismatchError, IndexExistsError, IndexLockedError, IndexNotFoundError, SemsearchError
 from .ingest.engines import Engine
 from .lexical import bm25
 from .model.config import EncoderConfig, resolve_model
 from .model.encoder import Encoder
 from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
 from .storage import folder
-from .storage.check import CheckReport, RepairReport, check_index, repair_index
+from .storage.check import CheckReport, RepairReport, check_index, repair_index, sample_agreement
 from .storage.generations import Generations, file_name
+from .storage.lock import WriteLock
 from .storage.migrations import SCHEMA_VERSION
 from .storage.snapshot import Snapshot
 from .storage.store import MetadataStore
@@ -34,6 +37,9 @@ from .storage.writer import OnCommit, Progress, Writer, check_overlap
 
 __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
+log = logging.getLogger("semsearch")
+REVERIFY_SAMPLE = 16  # stored passages re-encoded when a recorded fingerprint no longer matches
+REVERIFY_TOLERANCE = 1e-3  # their cosine to the stored vectors must be at least 1 - this (as index check)
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
     "keep_hangul", "target_recall", "search_tuning", "vectors_base", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
@@ -214,13 +220,51 @@ class Index:
         return self.encoder_for(self.config)
 
     def encoder_for(self, info: Mapping[str, Any]) -> Encoder:
-        """The encoder of a recorded configuration; refuses a model whose weights no longer match."""
+        """The encoder of a recorded configuration; refuses a model whose vectors no longer match.
+
+        A recorded fingerprint that differs from the loaded model's (an index recorded by an older
+        fingerprint algorithm, moved to another environment) is not enough to refuse: a sample of
+        stored passages is re-encoded and compared with their stored vectors. If they agree within
+        ``REVERIFY_TOLERANCE`` the model is the same and the index is re-stamped with the new
+        fingerprint (at once when the write lock is free; otherwise a later open does it), else the
+        model is refused."""
         recorded = EncoderConfig.from_info(info)
         if self._encoder is None or self._encoder_config != recorded:
-            encoder = Encoder.for_config(recorded, batch_size=self.batch_size, device=self.device)
-            recorded.check_loaded(encoder.config, encoder.dimension, int(info["dimension"]), str(self.path))
+            encoder = Encoder.for_config(recorded.request(), batch_size=self.batch_size, device=self.device)
+            recorded.check_dimension(encoder.dimension, int(info["dimension"]), str(self.path))
+            if not recorded.same_fingerprint(encoder.config):
+                self._reverify(encoder, recorded, info)
             self._encoder, self._encoder_config = encoder, recorded
         return self._encoder
+
+    def _reverify(self, encoder: Encoder, recorded: EncoderConfig, info: Mapping[str, Any]) -> None:
+        agreement = sample_agreement(self.store, int(info.get("passage_overlap") or 0), encoder, REVERIFY_SAMPLE)
+        if agreement.problems or agreement.below(REVERIFY_TOLERANCE):
+            lowest = agreement.min_cosine
+            detail = "" if lowest is None else f"; re-encoded passages at cosine {lowest:.4f} of the stored vectors"
+            raise recorded.changed_model(encoder.config, str(self.path), detail)
+        log.info("model %s has a new fingerprint %s (recorded %s) but reproduces %d stored passage vectors; "
+                 "re-stamping index %s", recorded.model, encoder.fingerprint, recorded.fingerprint,
+                 agreement.sampled, self.path)
+        self._restamp(str(recorded.fingerprint), str(encoder.fingerprint))
+
+    def _restamp(self, old: str, new: str) -> None:
+        """Record ``new`` where the index recorded ``old`` (its model, and settings that name the
+        model, such as an FAQ calibration), under the write lock on a connection of its own, so
+        that an open read snapshot is not disturbed. Skipped when the lock is taken or the folder
+        is read-only: a later open verifies and re-stamps again."""
+        try:
+            with WriteLock(self.path), closing(MetadataStore.connect(self.path)) as store, store.transaction():
+                current = store.get_info()
+                if current.get("model_fingerprint") != old:
+                    return  # someone else re-stamped or rebuilt meanwhile
+                changed = {"model_fingerprint": new}
+                for key, value in current.items():
+                    if isinstance(value, dict) and value.get("model_fingerprint") == old:
+                        changed[key] = {**value, "model_fingerprint": new}
+                store.set_info(changed)
+        except (IndexLockedError, OSError, sqlite3.Error, SemsearchError) as exc:
+            log.info("index %s not re-stamped now (%s)", self.path, exc)
 
     # --- reading -------------------------------------------------------------------------
     @contextmanager

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cli import cli
 from index import Index
+from index.model.encoder import Encoder
 from index.storage.generations import vector_files
 from search import Searcher
 
@@ -64,10 +68,17 @@ def test_a_stored_vector_that_differs_from_a_fresh_encoding(idx, tmp_path):
     assert report.min_cosine < 0.9
 
 
-def test_changed_model_weights_are_a_problem(idx, tmp_path):
-    with idx.store.transaction():
-        idx.store.set_info({"model_fingerprint": "feedbeef"})
-    report = Index.open(tmp_path / "idx").check()
+def test_changed_model_weights_are_a_problem(tiny_model, tmp_path):
+    from tiny_model import perturbed_copy
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    Index.build(tmp_path / "idx2", [{"id": "a", "text": "the bank of the river"}], model=str(model))
+    shutil.rmtree(model)
+    perturbed_copy(Path(tiny_model), model)
+    Encoder._cache.clear()
+    report = Index.open(tmp_path / "idx2").check()
+    Encoder._cache.clear()
     assert any("no longer matches" in p for p in report.problems)
 
 

@@ -77,6 +77,21 @@ def make_tiny_bert(folder: Path, seed: int = 0, strip_accents: bool | None = Fal
     return folder
 
 
+def perturbed_copy(src: Path, dst: Path) -> Path:
+    """``src`` saved at ``dst`` with one weight tensor (the word embeddings) changed enough to
+    change its vectors (cosine about 0.96 to the original's): a model an index must refuse."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(src)
+    with torch.no_grad():
+        weight = model.embeddings.word_embeddings.weight
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * weight.std())
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return Path(dst)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)

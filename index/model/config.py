@@ -122,14 +122,24 @@ class EncoderConfig:
 
     def check_loaded(self, loaded: "EncoderConfig", dimension: int, recorded_dimension: int, where: str) -> None:
         """Refuse a loaded model that does not reproduce the recorded vectors (``where``: the index path)."""
+        self.check_dimension(dimension, recorded_dimension, where)
+        if not self.same_fingerprint(loaded):
+            raise self.changed_model(loaded, where)
+
+    def check_dimension(self, dimension: int, recorded_dimension: int, where: str) -> None:
         if dimension != recorded_dimension:
             raise ConfigMismatchError(
                 f"model {self.model} gives {dimension}-d vectors but index {where} "
                 f"stores {recorded_dimension}-d ones; run `semsearch index rebuild`"
             )
-        if self.fingerprint is not None and loaded.fingerprint != self.fingerprint:
-            raise ConfigMismatchError(
-                f"model {self.model} no longer matches index {where} (weights fingerprint "
-                f"{loaded.fingerprint}, recorded {self.fingerprint}); re-encode with "
-                "`semsearch index rebuild`"
-            )
+
+    def same_fingerprint(self, loaded: "EncoderConfig") -> bool:
+        return self.fingerprint is None or loaded.fingerprint == self.fingerprint
+
+    def changed_model(self, loaded: "EncoderConfig", where: str, detail: str = "") -> ConfigMismatchError:
+        """The refusal of a model whose vectors are not the index's."""
+        return ConfigMismatchError(
+            f"model {self.model} no longer matches index {where} (weights fingerprint "
+            f"{loaded.fingerprint}, recorded {self.fingerprint}{detail}); re-encode with "
+            "`semsearch index rebuild`"
+        )

@@ -2,7 +2,8 @@
 
 Owns ``load_model`` (tokenizer + model from a folder or a Hugging Face id, with
 transformers' logging silenced and every failure raised as ``ModelLoadError``),
-``model_fingerprint`` (recorded by indexes: its algorithm must not change) and
+``model_fingerprint`` (recorded by indexes: what determines the vectors, not
+where the model lies or which transformers version wrote its config) and
 ``drop_unused_layers`` (the layers above the pooled one and the pooler are
 never computed). What needs no loading is in ``model_files``.
 """
@@ -39,18 +40,33 @@ def load_model(model_name: str, model_path: str):
     return tokenizer, model
 
 
-def model_fingerprint(model, tokenizer) -> str:
-    """A short hash of the model's configuration, vocabulary and (sampled) weights.
+# The configuration fields that shape the vectors (of BERT-like encoders; any other field of the
+# config, such as the folder it was loaded from or the transformers version, does not).
+ARCHITECTURE_FIELDS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "max_position_embeddings", "type_vocab_size", "vocab_size", "layer_norm_eps", "position_embedding_type",
+    "pad_token_id", "embedding_size", "num_key_value_heads", "rotary_emb_base", "is_decoder",
+)
 
-    Every parameter tensor contributes its name, shape and a strided sample of
-    its values, so two checkpoints of one architecture differ while the hash
-    stays cheap to compute at load time. Computed on the whole loaded model,
-    before any layer is dropped.
+
+def model_fingerprint(model, tokenizer) -> str:
+    """A short hash of what determines the vectors: the architecture fields of the configuration,
+    the vocabulary and tokenizer settings, and the (sampled) weights.
+
+    Every parameter tensor contributes its name, shape and a strided sample of its values, so two
+    checkpoints of one architecture differ while the hash stays cheap to compute at load time.
+    Computed on the whole loaded model, before any layer is dropped. The folder the model was
+    loaded from and the library versions are left out, so an index moves between environments;
+    where the hash still differs (an index recorded by an older algorithm, a renamed tensor), the
+    index compares re-encoded passages with its stored vectors instead (``Index.encoder_for``).
     """
     h = hashlib.sha256()
-    h.update(model.config.to_json_string(use_diff=False).encode())
+    config = model.config
+    fields = {name: getattr(config, name) for name in ARCHITECTURE_FIELDS if getattr(config, name, None) is not None}
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     vocab = tokenizer.get_vocab()
     h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    h.update(json.dumps(tokenizer_settings(tokenizer), sort_keys=True).encode())
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):
             flat = tensor.detach().reshape(-1).float()
@@ -59,6 +75,21 @@ def model_fingerprint(model, tokenizer) -> str:
             h.update(str(tuple(tensor.shape)).encode())
             h.update(flat[::step].contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def tokenizer_settings(tokenizer) -> dict:
+    """The settings of a fast tokenizer that change its tokens: lower-casing, accents, Chinese
+    characters, special tokens (read from the tokenizer, not from any file's layout)."""
+    out = {"special": sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", []))}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = getattr(backend, "normalizer", None)
+    if normalizer is not None:
+        for name in ("lowercase", "strip_accents", "handle_chinese_chars", "clean_text"):
+            value = getattr(normalizer, name, None)
+            if value is not None:
+                out[name] = value
+        out["normalizer"] = type(normalizer).__name__
+    return out
 
 
 def drop_unused_layers(model, num_layers: int, layer_index: int) -> bool:

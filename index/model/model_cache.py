@@ -35,6 +35,7 @@ from typing import Any
 
 from .model_files import signature
 
+FINGERPRINT_ALGORITHM = 2  # of loading.model_fingerprint: a remembered fingerprint of another one is not used
 EXPORT_VERSION = 1  # of the exported graph (onnx_export): bump when it changes, so old graphs are not used
 
 
@@ -137,7 +138,8 @@ def known_fingerprint(model_path: str) -> str | None:
         record = json.loads(_model_record(model_path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if record.get("signature") != sig or record.get("transformers") != transformers_version():
+    if (record.get("signature") != sig or record.get("transformers") != transformers_version()
+            or record.get("algorithm") != FINGERPRINT_ALGORITHM):
         return None
     return record.get("fingerprint")
 
@@ -147,7 +149,8 @@ def remember_fingerprint(model_path: str, fingerprint: str) -> None:
     if sig is None:
         return
     write_json(_model_record(model_path), {"path": str(Path(model_path).resolve()), "signature": sig,
-                                           "transformers": transformers_version(), "fingerprint": fingerprint})
+                                           "transformers": transformers_version(), "fingerprint": fingerprint,
+                                           "algorithm": FINGERPRINT_ALGORITHM})
 
 
 def load_choice(key: str) -> dict[str, Any] | None:

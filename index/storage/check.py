@@ -153,38 +153,64 @@ def _check_vectors(on_disk, index: CheckedIndex, name: str, dimension: int, repo
 
 def _check_sample(index: CheckedIndex, encoder, sample: int, tolerance: float, seed: int, report: CheckReport) -> None:
     """Re-encode a random sample of passages and compare with the stored vectors."""
-    store = index.store
+    agreement = sample_agreement(index.store, int(index.config["passage_overlap"]), encoder, sample, seed)
+    report.problems += agreement.problems
+    if not agreement.sampled:
+        return
+    report.sampled, report.min_cosine = agreement.sampled, agreement.min_cosine
+    bad = agreement.below(tolerance)
+    if bad:
+        report.problems.append(
+            f"{bad} of {agreement.sampled} sampled passage vectors differ from a fresh encoding "
+            f"(lowest cosine {report.min_cosine:.4f}); run `semsearch index rebuild`")
+
+
+@dataclass
+class Agreement:
+    """Stored passage vectors against a fresh encoding of the same windows."""
+
+    cosines: np.ndarray
+    problems: list[str]  # passages whose text no longer gives the stored window
+
+    @property
+    def sampled(self) -> int:
+        return len(self.cosines)
+
+    @property
+    def min_cosine(self) -> float | None:
+        return float(self.cosines.min()) if len(self.cosines) else None
+
+    def below(self, tolerance: float) -> int:
+        return int((self.cosines < 1 - tolerance).sum())
+
+
+def sample_agreement(store: "MetadataStore", overlap: int, encoder, sample: int, seed: int = 0) -> Agreement:
+    """Re-encode ``sample`` passages (chosen with ``seed``) with ``encoder`` and compare each with
+    its stored vector: the evidence that an encoder reproduces an index (``index check``, and
+    ``Index.encoder_for`` when a recorded model fingerprint no longer matches)."""
     ids = store.passage_ids().tolist()
     chosen = sorted(random.Random(seed).sample(ids, min(sample, len(ids))))
     if not chosen:
-        return
+        return Agreement(np.empty(0, np.float32), [])
     rows = store.passages(chosen)
     docs = store.documents(list({doc_id for doc_id, _ in rows.values()}))
-    overlap = int(index.config["passage_overlap"])
-    windows, stored = [], []
+    windows, stored, problems = [], [], []
     for pid in chosen:
         doc_id, passage = rows[pid]
-        if doc_id not in docs:  # an orphan, reported above
+        if doc_id not in docs:  # an orphan, reported by check
             continue
         spans = document_spans(encoder, docs[doc_id][0], overlap)
         if passage.order >= len(spans) or (spans[passage.order].start, spans[passage.order].end) != (passage.start, passage.end):
-            report.problems.append(f"passage {pid} of document {doc_id!r} no longer matches its text; "
-                                   "run `semsearch index rebuild`")
+            problems.append(f"passage {pid} of document {doc_id!r} no longer matches its text; "
+                            "run `semsearch index rebuild`")
             continue
         windows.append(spans[passage.order].token_ids)
         stored.append(pid)
     if not windows:
-        return
+        return Agreement(np.empty(0, np.float32), problems)
     fresh = encoder.encode_ids(windows)
     vectors = store.vectors_of(stored, encoder.dimension)
-    cosines = (fresh * np.stack([vectors[pid] for pid in stored])).sum(axis=1)
-    report.sampled = len(windows)
-    report.min_cosine = float(cosines.min())
-    bad = int((cosines < 1 - tolerance).sum())
-    if bad:
-        report.problems.append(
-            f"{bad} of {len(windows)} sampled passage vectors differ from a fresh encoding "
-            f"(lowest cosine {report.min_cosine:.4f}); run `semsearch index rebuild`")
+    return Agreement((fresh * np.stack([vectors[pid] for pid in stored])).sum(axis=1), problems)
 
 
 def repair_index(index: CheckedIndex) -> RepairReport:
