@@ -16,6 +16,25 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 os.environ.setdefault("SEMSEARCH_CACHE", str(Path(tempfile.gettempdir()) / "semsearch-test-cache"))
 
 
+IN_CI = os.environ.get("CI") == "true"
+
+
+def unavailable(reason: str):
+    """Skip a test that cannot run on this machine, except in CI (``CI=true``), whose install
+    step provides everything the tests need: there a missing browser or package is a failure."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI installs it: a skip here would hide a broken install)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require(module: str, reason: str):
+    """``pytest.importorskip`` that fails in CI instead of skipping (see ``unavailable``)."""
+    try:
+        return __import__("importlib").import_module(module)
+    except ImportError:
+        unavailable(reason)
+
+
 @pytest.fixture(autouse=True)
 def exact_arithmetic_for_unit_tests(request, monkeypatch):
     """Unit tests compare vectors to 1e-5 and look inside the torch model, so they use fp32 on the

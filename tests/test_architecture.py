@@ -236,3 +236,16 @@ def test_parsing_the_command_line_imports_neither_torch_nor_faiss():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_missing_tool_skips_here_and_fails_in_ci(monkeypatch):
+    """Browser, Ray and plotting tests skip only where they cannot run: CI installs their tools."""
+    import conftest
+
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception):
+        conftest.require("no_such_module_here", "not installed")
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI installs it"):
+        conftest.unavailable("no Chromium here")
+    assert conftest.require("json", "always there").dumps([]) == "[]"

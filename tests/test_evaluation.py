@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import require
 
 from index.errors import InputError, SemsearchError
 from search.evaluation import (
@@ -204,7 +205,7 @@ def test_spearman_degenerate_inputs():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_spearman_matches_scipy_with_ties(seed):
-    stats = pytest.importorskip("scipy.stats")
+    stats = require("scipy.stats", "SciPy is not installed")
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 6, size=60).astype(float)  # many ties
     y = x + rng.integers(0, 4, size=60)  # correlated, with ties too

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import require, unavailable
 from test_service import ready, serving
 
 from index import Index
@@ -27,14 +28,14 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 @pytest.fixture(scope="module")
 def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    playwright_api = require("playwright.sync_api", "Playwright for Python is not installed")
     if CHROMIUM is None:
-        pytest.skip("no Chromium here (Debian: apt-get install chromium)")
+        unavailable("no Chromium here (Debian: apt-get install chromium)")
     with playwright_api.sync_playwright() as p:
         try:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         except Exception as exc:  # a browser that cannot start here
-            pytest.skip(f"Chromium at {CHROMIUM} does not start: {str(exc).splitlines()[0]}")
+            unavailable(f"Chromium at {CHROMIUM} does not start: {str(exc).splitlines()[0]}")
         yield browser
         browser.close()
 

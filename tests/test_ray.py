@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import require
 from test_shards import stored  # (document id, order) -> (passage, vector)
 
 import index.options as options_module
@@ -37,7 +38,7 @@ FINAL = [d for d in {d["id"]: d for d in DOCS}.values() if d["text"].strip()]  #
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray")
+    ray = require("ray", "Ray is not installed (the ray extra)")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()

@@ -11,6 +11,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import require
 
 from index import Index
 from index.distributed.shards import ShardedIndex
@@ -34,8 +35,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
     """A 3-shard index and one index over the same documents; the shards served on a local Ray Serve."""
-    ray = pytest.importorskip("ray")
-    httpx = pytest.importorskip("httpx")
+    ray = require("ray", "Ray is not installed (the ray extra)")
+    httpx = require("httpx", "httpx is not installed (the test extra)")
     import index.options
     from search.ray_serve import RayServeSettings, start, stop
 

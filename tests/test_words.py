@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import require
 
 from cli import cli
 from index import Encoder
@@ -271,7 +272,7 @@ def test_words_command(tiny_model):
 
 
 def test_similar_words_command(tiny_model, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib", "matplotlib is not installed (the plot extra)")
     plot = tmp_path / "bank.png"
     result = run("similar-words", "the bank of the river", "bank", "money in the bank", "bank", "--model", tiny_model,
                  "--json", "--plot", str(plot))
@@ -287,7 +288,7 @@ def test_similar_words_command(tiny_model, tmp_path):
 
 
 def test_layers_command(tiny_model, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib", "matplotlib is not installed (the plot extra)")
     plot = tmp_path / "layers.png"
     result = run("layers", "the bank", "the river", "--model", tiny_model, "--plot", str(plot))
     assert result.exit_code == 0, result.output
