@@ -66,7 +66,11 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layers", type=int, nargs="+", default=[-2, -1])
+    parser.add_argument("--quick", action="store_true",
+                        help="300 rewordings and 200 off-topic sentences, layer -2 only (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.off_topic, args.layers = 200, [-2]
     stackfaq, stsb = args.data / "stackfaq", args.data / "stsb_en" / "stsb-en-test.csv"
     if not stackfaq.is_dir() or not stsb.is_file():
         print(f"skipped: StackFAQ or STSb not found under {args.data}", file=sys.stderr)
@@ -76,6 +80,8 @@ def main() -> int:
     labelled = [LabelledQuestion(q.text, next(iter(qrels[q.id]))) for q in load_queries(stackfaq / "queries.jsonl")
                 if q.id in qrels and q.text.strip()]
     random.Random(args.seed).shuffle(labelled)
+    if args.quick:
+        labelled = labelled[:300]
     off = [LabelledQuestion(s, None) for s in off_topic_sentences(stsb, args.off_topic, args.seed)]
     half, off_half = len(labelled) // 2, len(off) // 2
     calibration, test = labelled[:half] + off[:off_half], labelled[half:] + off[off_half:]

@@ -120,7 +120,10 @@ def main() -> None:
                         "default: a temporary folder")
     parser.add_argument("--layer", type=int, default=-1)
     parser.add_argument("--precision", default=None, help="Encoding precision (default: the product's auto).")
+    parser.add_argument("--quick", action="store_true", help="StackFAQ only (125 documents): a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.datasets = ["stackfaq"]
     print(cpu_line())
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

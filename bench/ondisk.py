@@ -246,7 +246,10 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="where to write the indexes (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the built indexes")
     parser.add_argument("--only-limited", action="store_true", help="with --memory-limit: only the limited runs")
+    parser.add_argument("--quick", action="store_true", help="20,000 vectors (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = [20_000]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="semsearch-ondisk-"))
     group = None
     if args.memory_limit:

@@ -48,8 +48,11 @@ DATA = ROOT.parent / "shared" / "data" / "scifact"
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 
 
-def sentences(corpus: Path):
-    for line in corpus.open(encoding="utf-8"):
+def sentences(corpus: Path, abstracts: int | None = None):
+    """Every sentence of the first ``abstracts`` abstracts (None: all), each a document."""
+    for n, line in enumerate(corpus.open(encoding="utf-8")):
+        if abstracts is not None and n >= abstracts:
+            return
         doc = json.loads(line)
         for i, sentence in enumerate(s for s in SENTENCE_END.split(doc["text"]) if s.strip()):
             yield {"id": f"{doc['_id']}.{i}", "text": sentence.strip(), "metadata": {"abstract": doc["_id"]}}
@@ -124,6 +127,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--proxies", action="store_true",
                         help="compare the recall curves of the claims and of candidate tuning queries instead")
+    parser.add_argument("--quick", action="store_true",
+                        help="the sentences of the first 300 abstracts and the first 100 claims (a smoke run)")
     args = parser.parse_args()
     if not (args.data / "corpus.jsonl").is_file():
         print(f"skipped: SciFact not found at {args.data}", file=sys.stderr)
@@ -132,11 +137,12 @@ def main() -> int:
     base = work / "sentences"
     if not base.exists():
         started = time.perf_counter()
-        Index.build(base, sentences(args.data / "corpus.jsonl"))[0].close()
+        docs = sentences(args.data / "corpus.jsonl", 300 if args.quick else None)
+        Index.build(base, docs)[0].close()
         print(f"built the sentence index in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     index = Index.open(base)
     n_docs, n_passages = index.store.counts()
-    qvecs = index.encoder.encode(claims(args.data / "queries.jsonl"))
+    qvecs = index.encoder.encode(claims(args.data / "queries.jsonl")[: 100 if args.quick else None])
     encoder = index.encoder
     index.close()
     if args.proxies:

@@ -100,7 +100,10 @@ def main() -> int:
     parser.add_argument("--workers-threads", type=int, default=1)
     parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default=None,
                         help="inference backend of the served index (default: auto)")
+    parser.add_argument("--quick", action="store_true", help="1 and 4 clients, 40 requests each (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.requests = [1, 4], 40
     if not DATA.is_dir():
         print(f"skipped: StackFAQ data not found at {DATA}", file=sys.stderr)
         return 0

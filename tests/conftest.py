@@ -65,6 +65,26 @@ def tiny_model_nfd(tmp_path_factory) -> str:
     return str(make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-nfd"), strip_accents=None))
 
 
+@pytest.fixture
+def index_of_a_changed_model(tiny_model, tmp_path) -> Path:
+    """An index whose model folder was then overwritten by weights that give other vectors."""
+    import shutil
+
+    from tiny_model import perturbed_copy
+
+    from index import Index
+    from index.model.encoder import Encoder
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    Index.build(tmp_path / "changed-idx", [{"id": "a", "text": "the bank of the river"}], model=str(model))[0].close()
+    shutil.rmtree(model)
+    perturbed_copy(Path(tiny_model), model)
+    Encoder._cache.clear()  # as a new process would load it
+    yield tmp_path / "changed-idx"
+    Encoder._cache.clear()
+
+
 @pytest.fixture(scope="session")
 def embedded_model() -> str:
     from index.model.config import embedded_model_path

@@ -12,7 +12,6 @@ rename, fsync of the folder), so a reader never loads a half-written file.
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import faiss
 import numpy as np
 
 from ..errors import SemsearchError
-from ..files import fsync_dir, fsync_file, write_atomically
+from ..files import fsync_file, write_atomically
 
 Batches = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
 DATA_SUFFIX = ".ivfdata"  # a base's data file next to its header, for a backend that maps its data (ivf-disk)
