@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_every_script_is_covered():
-    assert len(SCRIPTS) >= 10, SCRIPTS
+    assert len(SCRIPTS) >= 9, SCRIPTS
     for name in SCRIPTS:
         source = (ROOT / "bench" / name).read_text(encoding="utf-8")
         assert '"--quick"' in source, f"bench/{name} has no --quick mode"
