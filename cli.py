@@ -192,12 +192,23 @@ def source_options(f):
     return f
 
 
-def _read_sources(sources: Iterable[str], id_field, text_field, fmt, strict):
+def folder_options(f):
+    """How far reading a folder may reach: symbolic links out of it, and the size of one document."""
+    f = click.option("--max-document-mb", type=click.FloatRange(min=0.001), default=64.0, show_default=True,
+                     help="Refuse a text file, or a JSONL line, larger than this.")(f)
+    f = click.option("--follow-symlinks", is_flag=True,
+                     help="Follow symbolic links that lead out of a folder being read (not followed by default).")(f)
+    return f
+
+
+def _read_sources(sources: Iterable[str], id_field, text_field, fmt, strict, follow_symlinks=False,
+                  max_document_mb=64.0):
     from index.ingest.sources import ReadReport, read_documents
 
     report = ReadReport()
     docs = read_documents(list(sources), id_field=id_field, text_field=text_field, format=fmt,
-                          strict=strict, report=report)
+                          strict=strict, report=report, follow_symlinks=follow_symlinks,
+                          max_document_bytes=int(max_document_mb * 1024 * 1024))
     return docs, report
 
 
@@ -286,10 +297,12 @@ def index_group() -> None:
               help="Make a sharded index: N indexes in the folder, each document in the one its id hashes to.")
 @engine_options
 @source_options
+@folder_options
 @quiet_option
+@wait_option
 def index_build(sources, index_path, force, model, layer, pooling, max_length, precision, backend, keep_hangul,
                 passage_overlap, index_type, target_recall, batch_size, hybrid, shards, engine, ray_address,
-                ray_actors, id_field, text_field, fmt, strict, quiet) -> None:
+                ray_actors, id_field, text_field, fmt, strict, follow_symlinks, max_document_mb, quiet, wait) -> None:
     """Create an index from SOURCES (JSONL, CSV, TSV, .txt/.md files, folders, or - for stdin).
 
     \b
@@ -304,7 +317,7 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
 
     from index.indexer import Index
 
-    build = Index.build
+    build = partial(Index.build, wait=wait)  # --force: wait for the old index's writers to finish
     if shards:
         from index.distributed.shards import ShardedIndex
 
@@ -312,7 +325,7 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
             raise SemsearchError("--hybrid is not available with --shards (BM25 statistics would differ per shard)")
         build = partial(ShardedIndex.build, shards=shards)
     encoder_engine = _encoding_engine(engine, ray_address, ray_actors, batch_size)
-    docs, report = _read_sources(sources, id_field, text_field, fmt, strict)
+    docs, report = _read_sources(sources, id_field, text_field, fmt, strict, follow_symlinks, max_document_mb)
     progress = Progress("encoding documents", quiet=quiet)
     started = time.monotonic()
     index, result = build(
@@ -342,10 +355,11 @@ def _report_int8(index) -> None:
               help="Texts per model call.")
 @engine_options
 @source_options
+@folder_options
 @quiet_option
 @wait_option
 def index_add(sources, index_path, batch_size, engine, ray_address, ray_actors, id_field, text_field, fmt, strict,
-              quiet, wait) -> None:
+              follow_symlinks, max_document_mb, quiet, wait) -> None:
     """Add or replace documents (an existing id is replaced; unchanged texts are not re-encoded).
 
     On a sharded index each document goes to the shard its id hashes to.
@@ -357,7 +371,7 @@ def index_add(sources, index_path, batch_size, engine, ray_address, ray_actors, 
     """
     index = _open_for_writing(index_path, batch_size=batch_size, wait=wait)
     encoder_engine = _encoding_engine(engine, ray_address, ray_actors, batch_size)
-    docs, report = _read_sources(sources, id_field, text_field, fmt, strict)
+    docs, report = _read_sources(sources, id_field, text_field, fmt, strict, follow_symlinks, max_document_mb)
     progress = Progress("encoding documents", quiet=quiet)
     started = time.monotonic()
     result = index.add(docs, progress=progress, engine=encoder_engine)
@@ -974,6 +988,33 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprob
 
 
 # --- the service ---------------------------------------------------------------------------------
+def serve_limit_options(f):
+    """The bounds of one request (search.limits.Limits), each with a safe default."""
+    from search.limits import Limits
+
+    defaults = Limits()
+    for name, kind, text in reversed([
+        ("max_queries", int, "Queries in one POST /search."),
+        ("max_query_chars", int, "Characters of one query or FAQ question."),
+        ("max_texts", int, "Texts in one POST /embed."),
+        ("max_text_chars", int, "Characters of one text to embed."),
+        ("max_hits", int, "Hits of one request (k times its queries)."),
+        ("hit_text_chars", int, "Characters of document text sent with a hit (unless full_text; the passage is whole)."),
+        ("max_response_bytes", int, "Bytes of one response."),
+        ("max_queue", int, "Items waiting for the model, all clients together (then 503 + Retry-After)."),
+        ("body_seconds", float, "Seconds a request body may take to arrive (then 408)."),
+        ("max_documents", int, "Documents in one POST /documents."),
+    ]):
+        f = click.option(f"--{name.replace('_', '-')}", name, type=click.IntRange(1) if kind is int else click.FloatRange(0.1),
+                         default=getattr(defaults, name), show_default=True, help=text)(f)
+    f = click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
+                     help="Connections served at once (more get 503).")(f)
+    f = click.option("--allow-host", multiple=True, metavar="NAME",
+                     help="A Host header to answer (repeatable; default: the --host address and localhost, "
+                          "any name on 0.0.0.0).")(f)
+    return f
+
+
 @cli.command("serve")
 @index_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback unless told otherwise).")
@@ -997,8 +1038,9 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprob
               help="With --engine ray: replicas of each shard's deployment.")
 @click.option("--replica-cpus", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="With --engine ray: CPUs Ray reserves for each replica (shards and the query gateway).")
+@serve_limit_options
 def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window_ms, batch_max, engine, ray_address,
-          replicas, replica_cpus) -> None:
+          replicas, replica_cpus, allow_host, max_connections, **limit_values) -> None:
     """Serve an index over HTTP: search, FAQ answers, embeddings, writes, and a search page at /.
 
     The model and the index load once; /health says ready after that. The API
@@ -1033,13 +1075,22 @@ def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window
         token = Path(token_file).read_text(encoding="utf-8").strip()
         if not token:
             raise SemsearchError(f"--token-file {token_file} is empty")
+        if Path(token_file).stat().st_mode & 0o077:
+            click.echo(f"warning: --token-file {token_file} can be read by other users; chmod 600 it", err=True)
     import uvicorn
 
+    from search.limits import Limits
     from search.service import Settings, create_app
 
+    limits = Limits(**{name: value for name, value in limit_values.items()})
     app = create_app(Settings(index=Path(index_path), token=token, max_body_bytes=int(max_body_mb * 1024 * 1024),
-                              batch_window=batch_window_ms / 1000, batch_max=batch_max, workers=workers))
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+                              batch_window=batch_window_ms / 1000, batch_max=batch_max, workers=workers,
+                              limits=limits, allowed_hosts=_allowed_hosts(host, allow_host)))
+    # Bounded connections and slow clients: past max_connections a request gets 503; an idle
+    # keep-alive connection is closed after 5 s; headers over h11's 64 KiB are refused.
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            limit_concurrency=max_connections, timeout_keep_alive=5,
+                            h11_max_incomplete_event_size=64 * 1024)
     server = uvicorn.Server(config)
     original = server.startup
 
@@ -1053,6 +1104,17 @@ def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window
 
     server.startup = startup
     server.run()
+
+
+def _allowed_hosts(host: str, given: tuple[str, ...]) -> list[str] | None:
+    """The Host headers ``serve`` answers: the given ones; else, on a loopback or named address,
+    that address and localhost (a page elsewhere cannot reach it by DNS rebinding); on a wildcard
+    address (0.0.0.0, ::) any, as clients name it by addresses this machine cannot know."""
+    if given:
+        return [*given, "127.0.0.1", "localhost", "[::1]", "::1"]
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return sorted({host, f"[{host}]" if ":" in host else host, "127.0.0.1", "localhost", "[::1]", "::1"})
 
 
 def _serve_on_ray(index_path, host, port, token_file, ray_address, replicas, replica_cpus, batch_window_ms,

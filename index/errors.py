@@ -36,3 +36,7 @@ class IndexCorruptError(SemsearchError):
 
 class IndexLockedError(SemsearchError):
     """Another process is writing to the index."""
+
+
+class IndexReplacedError(IndexLockedError):
+    """The index folder was replaced (``build --force``) while a write waited for its lock."""

@@ -11,35 +11,31 @@ pieces.
 
 from __future__ import annotations
 
-import logging
 import os
-import sqlite3
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import options
 from .ann import registry
-from .errors import ConfigMismatchError, IndexExistsError, IndexLockedError, IndexNotFoundError, SemsearchError
+from .errors import ConfigMismatchError, IndexExistsError, IndexNotFoundError, SemsearchError
 from .ingest.engines import Engine
 from .lexical import bm25
 from .model.config import EncoderConfig, resolve_model
 from .model.encoder import Encoder
 from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
 from .storage import folder
-from .storage.check import CheckReport, RepairReport, check_index, repair_index, sample_agreement
+from .storage.check import CheckReport, RepairReport, check_index, repair_index
 from .storage.generations import Generations, file_name
 from .storage.lock import WriteLock
 from .storage.migrations import SCHEMA_VERSION
+from .storage.restamp import reverify
 from .storage.snapshot import Snapshot
 from .storage.store import MetadataStore
 from .storage.writer import OnCommit, Progress, Writer, check_overlap
 
 __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
-log = logging.getLogger("semsearch")
-REVERIFY_SAMPLE = 16  # stored passages re-encoded when a recorded fingerprint no longer matches
-REVERIFY_TOLERANCE = 1e-3  # their cosine to the stored vectors must be at least 1 - this (as index check)
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
     "keep_hangul", "target_recall", "search_tuning", "vectors_base", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
@@ -115,7 +111,7 @@ class Index:
         check_overlap(passage_overlap, encoder.window)
         # Made aside and renamed into place, so a crash never leaves a half-made index at `path`.
         with folder.staging(path, "creating") as staging:
-            staging.mkdir()
+            folder.make_marked(staging)
             store = MetadataStore.connect(staging, create=True)
             store.initialise({**encoder.describe(), "passage_tokens": encoder.window,
                               "passage_overlap": passage_overlap, "index_type": index_type, "complete": complete,
@@ -166,6 +162,7 @@ class Index:
         progress: Progress | None = None,
         on_commit: OnCommit | None = None,
         engine: Engine | None = None,
+        wait: bool | float = False,
         **config: Any,
     ) -> tuple["Index", AddResult]:
         """Create an index at ``path`` and add ``documents``.
@@ -175,6 +172,9 @@ class Index:
         nothing. A build that was interrupted (``complete`` is false) is
         resumed: stored unchanged documents are not encoded again. ``engine``
         encodes the documents (default: in this process; see ``index.ingest.engines``).
+        Replacing holds the old index's write lock from start to swap (waiting for a writer
+        with ``wait``, else failing at once), so no write is acknowledged into the folder
+        that is about to be deleted; writers that waited then see ``IndexReplacedError``.
         """
         path = Path(path)
         if folder.is_index(path) and not force:
@@ -186,8 +186,9 @@ class Index:
                 writer.mark_complete()
             return existing, result
         if folder.is_index(path):
-            with folder.staging(path, "building") as staging:
+            with WriteLock(path, wait=wait), folder.staging(path, "building") as staging:
                 new = cls.create(staging, **config)
+                folder.mark(staging)
                 with new.session(engine) as writer:
                     result = writer.add(documents, progress, on_commit)
                 new.close()
@@ -224,47 +225,18 @@ class Index:
 
         A recorded fingerprint that differs from the loaded model's (an index recorded by an older
         fingerprint algorithm, moved to another environment) is not enough to refuse: a sample of
-        stored passages is re-encoded and compared with their stored vectors. If they agree within
-        ``REVERIFY_TOLERANCE`` the model is the same and the index is re-stamped with the new
-        fingerprint (at once when the write lock is free; otherwise a later open does it), else the
-        model is refused."""
+        stored passages is re-encoded and compared with their stored vectors. If they agree the
+        model is the same and the index is re-stamped with the new fingerprint (at once when the
+        write lock is free; otherwise a later open does it), else the model is refused
+        (``index.storage.restamp``)."""
         recorded = EncoderConfig.from_info(info)
         if self._encoder is None or self._encoder_config != recorded:
             encoder = Encoder.for_config(recorded.request(), batch_size=self.batch_size, device=self.device)
             recorded.check_dimension(encoder.dimension, int(info["dimension"]), str(self.path))
             if not recorded.same_fingerprint(encoder.config):
-                self._reverify(encoder, recorded, info)
+                reverify(self.path, self.store, encoder, recorded, int(info.get("passage_overlap") or 0))
             self._encoder, self._encoder_config = encoder, recorded
         return self._encoder
-
-    def _reverify(self, encoder: Encoder, recorded: EncoderConfig, info: Mapping[str, Any]) -> None:
-        agreement = sample_agreement(self.store, int(info.get("passage_overlap") or 0), encoder, REVERIFY_SAMPLE)
-        if agreement.problems or agreement.below(REVERIFY_TOLERANCE):
-            lowest = agreement.min_cosine
-            detail = "" if lowest is None else f"; re-encoded passages at cosine {lowest:.4f} of the stored vectors"
-            raise recorded.changed_model(encoder.config, str(self.path), detail)
-        log.info("model %s has a new fingerprint %s (recorded %s) but reproduces %d stored passage vectors; "
-                 "re-stamping index %s", recorded.model, encoder.fingerprint, recorded.fingerprint,
-                 agreement.sampled, self.path)
-        self._restamp(str(recorded.fingerprint), str(encoder.fingerprint))
-
-    def _restamp(self, old: str, new: str) -> None:
-        """Record ``new`` where the index recorded ``old`` (its model, and settings that name the
-        model, such as an FAQ calibration), under the write lock on a connection of its own, so
-        that an open read snapshot is not disturbed. Skipped when the lock is taken or the folder
-        is read-only: a later open verifies and re-stamps again."""
-        try:
-            with WriteLock(self.path), closing(MetadataStore.connect(self.path)) as store, store.transaction():
-                current = store.get_info()
-                if current.get("model_fingerprint") != old:
-                    return  # someone else re-stamped or rebuilt meanwhile
-                changed = {"model_fingerprint": new}
-                for key, value in current.items():
-                    if isinstance(value, dict) and value.get("model_fingerprint") == old:
-                        changed[key] = {**value, "model_fingerprint": new}
-                store.set_info(changed)
-        except (IndexLockedError, OSError, sqlite3.Error, SemsearchError) as exc:
-            log.info("index %s not re-stamped now (%s)", self.path, exc)
 
     # --- reading -------------------------------------------------------------------------
     @contextmanager

@@ -38,7 +38,8 @@ class PassageModel(BaseModel):
 class HitModel(BaseModel):
     id: str = Field(description="Document id.")
     score: float = Field(description="Cosine similarity of the query and the document's best passage.")
-    text: str = Field(description="The whole document text.")
+    text: str = Field(description="The document text, cut to the server's --hit-text-chars unless full_text was asked.")
+    text_truncated: bool | None = Field(None, description="True when text was cut (the passage is always whole).")
     metadata: dict[str, Any] = Field(description="The document's metadata.")
     passage: PassageModel = Field(description="The passage that matched.")
 
@@ -58,6 +59,8 @@ class SearchBody(BaseModel):
     queries: list[str] = Field(description="Queries to run, each answered in the same position.", max_length=10_000)
     k: int = Field(10, ge=1, le=1000, description="Number of documents per query.")
     where: dict[str, Any] | None = Field(None, description="Metadata filter: every key must equal its value.")
+    full_text: bool = Field(False, description="Send each hit's whole document text, not a snippet "
+                                               "(bounded by the server's response size limit).")
 
 
 class SearchResults(BaseModel):

@@ -17,6 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 
+class QueueFull(Exception):
+    """More items are waiting than the batcher takes."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"{limit} items are already waiting")
+        self.limit = limit
+
+
 @dataclass
 class Pending:
     item: Any
@@ -27,13 +35,16 @@ class MicroBatcher:
     """Gathers items from concurrent requests and runs them in batches on worker threads.
 
     ``runners`` are callables ``items -> results`` (one per worker thread; each owns what it uses,
-    e.g. its own database connection). A runner's exception fails every request of its batch.
+    e.g. its own database connection). When a runner raises for a batch, each of its items is run
+    again alone, so only the item that breaks the runner fails. At most ``max_queue`` items wait;
+    ``submit`` past that raises ``QueueFull`` (the service answers 503 with ``Retry-After``).
     """
 
     def __init__(self, runners: Sequence[Callable[[list[Any]], list[Any]]], window: float = 0.01,
-                 max_items: int = 32):
-        if window < 0 or max_items < 1:
-            raise ValueError("window must be >= 0 and max_items >= 1")
+                 max_items: int = 32, max_queue: int = 1024):
+        if window < 0 or max_items < 1 or max_queue < 1:
+            raise ValueError("window must be >= 0, max_items and max_queue >= 1")
+        self.max_queue = max_queue
         self.runners = list(runners)
         self.window = window
         self.max_items = max_items
@@ -57,12 +68,19 @@ class MicroBatcher:
         for executor in self.executors:
             executor.shutdown(wait=False, cancel_futures=True)
 
+    def room(self) -> int:
+        """How many more items may be queued now."""
+        return self.max_queue - (self.queue.qsize() if self.queue is not None else 0)
+
     async def submit(self, item: Any) -> Any:
-        """Queue ``item`` and wait for its result."""
+        """Queue ``item`` and wait for its result (``QueueFull`` when ``max_queue`` items wait).
+        Cancelling the waiting task (a client that went away) drops the item before it runs."""
         if self.queue is None:
             raise RuntimeError("the batcher is not started")
+        if self.room() < 1:
+            raise QueueFull(self.max_queue)
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(Pending(item, future))
+        self.queue.put_nowait(Pending(item, future))
         return await future
 
     async def _gather(self) -> list[Pending]:
@@ -100,10 +118,20 @@ class MicroBatcher:
             self.last_size = len(batch)
             try:
                 results = await loop.run_in_executor(executor, runner, [p.item for p in batch])
-            except Exception as exc:  # every request of the batch gets the error
+            except Exception:
+                results = None
+            if results is None:  # one item broke the runner: each alone, so it fails by itself
                 for p in batch:
+                    if p.future.done():
+                        continue
+                    try:
+                        result = (await loop.run_in_executor(executor, runner, [p.item]))[0]
+                    except Exception as exc:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                        continue
                     if not p.future.done():
-                        p.future.set_exception(exc)
+                        p.future.set_result(result)
                 continue
             for p, result in zip(batch, results):
                 if not p.future.done():

@@ -32,7 +32,8 @@ from index.distributed.shards import ShardManifest, is_sharded
 from index.errors import SemsearchError
 
 from . import api_models as m
-from .service import MAX_K, ServiceError, install_error_handlers, parse_where
+from .http import ServiceError, install_error_handlers, parse_where
+from .service import MAX_K
 from .sharded import check_queries, merge_hits
 
 APP_NAME = "semsearch"

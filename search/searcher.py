@@ -13,6 +13,7 @@ a hit's score is then its reciprocal-rank-fusion score.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from index.records import Passage
 from index.storage.snapshot import Snapshot
 
 from . import hybrid as fusion
+
+log = logging.getLogger("semsearch")
 
 __all__ = ["Hit", "Passage", "Searcher", "SearchRequest", "SearchOutcome"]
 
@@ -134,30 +137,54 @@ class Searcher:
 
     def search_batch(self, requests: Sequence[SearchRequest]) -> list[SearchOutcome]:
         """Many queries, each with its own ``k`` and filter, embedded in one model call and answered
-        from one snapshot; a bad query gets its own error and does not stop the others."""
+        from one snapshot. Every failure is the query's own: a bad query (empty, not valid text, a
+        filter SQLite cannot evaluate, anything unexpected) gets its error and the others their hits."""
         outcomes = [SearchOutcome(query=r.query) for r in requests]
         valid = []
         for i, request in enumerate(requests):
             try:
-                if not isinstance(request.query, str) or not request.query.strip():
-                    raise SemsearchError("a query is empty; give some text to search for")
+                check_query(request.query)
                 check_k(request.k)
                 valid.append(i)
             except SemsearchError as exc:
                 outcomes[i].error = str(exc)
-        if valid:
-            with self.index.snapshot() as snap:
-                vectors = snap.encoder.encode([requests[i].query for i in valid])
-                for row, i in enumerate(valid):
-                    r = requests[i]
-                    try:
-                        if self.uses_hybrid(snap, r.hybrid):
-                            outcomes[i].hits = self._search_hybrid(snap, [r.query], vectors[row : row + 1], r.k, r.where)[0]
-                        else:
-                            outcomes[i].hits = self._search(snap, vectors[row : row + 1], r.k, r.where)[0]
-                    except SemsearchError as exc:
-                        outcomes[i].error = str(exc)
+        if not valid:
+            return outcomes
+        with self.index.snapshot() as snap:
+            vectors = self._encode_each_alone_on_failure(snap, [requests[i].query for i in valid])
+            for row, i in enumerate(valid):
+                r = requests[i]
+                if vectors[row] is None:
+                    outcomes[i].error = "this query could not be embedded"
+                    continue
+                try:
+                    if self.uses_hybrid(snap, r.hybrid):
+                        outcomes[i].hits = self._search_hybrid(snap, [r.query], vectors[row][None, :], r.k, r.where)[0]
+                    else:
+                        outcomes[i].hits = self._search(snap, vectors[row][None, :], r.k, r.where)[0]
+                except SemsearchError as exc:
+                    outcomes[i].error = str(exc)
+                except Exception:  # never the neighbours' problem; the server log has the details
+                    log.exception("query %d of a batch failed", row)
+                    outcomes[i].error = "this query could not be run (an internal error; see the server log)"
         return outcomes
+
+    @staticmethod
+    def _encode_each_alone_on_failure(snap: Snapshot, queries: list[str]) -> list[np.ndarray | None]:
+        """The queries' vectors in one model call; if that call fails, each query alone, so that
+        only the query that breaks the model loses its vector (None)."""
+        try:
+            return list(snap.encoder.encode(queries))
+        except Exception:
+            log.exception("embedding a batch of %d queries failed; embedding them one by one", len(queries))
+        out: list[np.ndarray | None] = []
+        for query in queries:
+            try:
+                out.append(snap.encoder.encode([query])[0])
+            except Exception:
+                log.exception("embedding one query failed")
+                out.append(None)
+        return out
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10,
                        where: Mapping[str, Any] | None = None) -> list[list[Hit]]:
@@ -224,8 +251,17 @@ class Searcher:
 def check_queries(queries: Sequence[str], k: int) -> None:
     check_k(k)
     for q in queries:
-        if not isinstance(q, str) or not q.strip():
-            raise SemsearchError("a query is empty; give some text to search for")
+        check_query(q)
+
+
+def check_query(query: Any) -> None:
+    """A query must be non-empty text that UTF-8 can carry (a lone surrogate cannot)."""
+    if not isinstance(query, str) or not query.strip():
+        raise SemsearchError("a query is empty; give some text to search for")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SemsearchError(f"a query is not valid text (a lone surrogate at character {exc.start})") from None
 
 
 def check_k(k: int) -> None:

@@ -9,12 +9,22 @@ Writes go through the same single-writer path as the CLI, on a writer
 thread, and need ``Authorization: Bearer <token>`` when the server has a
 token (without one the service is read-only). Every error is JSON with a
 message and the right status; a page for people is served at ``/``.
+
+Each request's work is bounded (``limits``): too many queries, too long a
+text or too many hits is a 413 before any model call, a full queue a 503 with
+``Retry-After``, a client that leaves has its queued queries dropped, one bad
+query fails alone, a 500 never shows exception text, and without the token no
+absolute path is shown. ``allowed_hosts`` refuses other Host headers (DNS
+rebinding against a loopback server).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,18 +32,22 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from index.errors import IndexLockedError, SemsearchError
+from index.errors import IndexLockedError, IndexReplacedError, SemsearchError
 from index.indexer import Index
 
 from . import api_models as m
-from .batching import MicroBatcher
+from . import limits as bounds
+from .batching import MicroBatcher, QueueFull
 from .faq import FAQ
+from .http import BodyLimit, ServiceError, install_error_handlers, parse_where, until_disconnected
+from .limits import Limits, TooMuch
 from .searcher import Searcher, SearchRequest
+
+log = logging.getLogger("semsearch")
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_K = 1000
@@ -48,6 +62,8 @@ class Settings:
     batch_window: float = 0.01
     batch_max: int = 32  # 1: every request on its own (micro-batching off)
     workers: int = 1
+    limits: Limits = field(default_factory=Limits)
+    allowed_hosts: list[str] | None = None  # Host headers answered (None: any)
 
 
 @dataclass
@@ -57,13 +73,8 @@ class State:
     batcher: MicroBatcher | None = None
     writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semsearch-writer"))
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class ServiceError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    index: Index | None = None  # the server's own open index, for GET /index
+    index_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -92,35 +103,17 @@ def make_runner(index_path: Path):
         for i, w in enumerate(items):
             if w.kind == "embed":
                 encoder = searcher.encoder
+                try:
+                    vectors = encoder.encode(w.request).round(7).tolist()
+                except Exception:  # this request's own failure, not its neighbours'
+                    log.exception("embedding %d texts failed", len(w.request))
+                    results[i] = {"error": "these texts could not be embedded (see the server log)"}
+                    continue
                 results[i] = {"model": encoder.model_name, "layer": encoder.layer, "pooling": encoder.pooling,
-                              "precision": encoder.precision, "dimension": encoder.dimension,
-                              "vectors": encoder.encode(w.request).round(7).tolist()}
+                              "precision": encoder.precision, "dimension": encoder.dimension, "vectors": vectors}
         return results
 
     return run
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Errors always as JSON ``{"error": ...}`` (and ``details`` for a malformed request), never a traceback."""
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        details = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
-                   for e in exc.errors()]
-        first = details[0] if details else {"where": "request", "problem": "invalid"}
-        return JSONResponse({"error": f"{first['where']}: {first['problem']}", "details": details}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -131,10 +124,14 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             runners = await asyncio.gather(*(loop.run_in_executor(None, make_runner, settings.index)
                                              for _ in range(settings.workers)))
+            state.index = await loop.run_in_executor(None, Index.open, settings.index)
         except Exception as exc:  # e.g. a missing index or a changed model: say it on /health
-            state.error = str(exc) if isinstance(exc, SemsearchError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, SemsearchError):
+                log.error("the index could not be loaded", exc_info=exc)
+            state.error = str(exc) if isinstance(exc, SemsearchError) else f"{type(exc).__name__}"
             return
-        state.batcher = MicroBatcher(runners, window=settings.batch_window, max_items=settings.batch_max)
+        state.batcher = MicroBatcher(runners, window=settings.batch_window, max_items=settings.batch_max,
+                                     max_queue=settings.limits.max_queue)
         state.batcher.start()
         state.ready = True
 
@@ -146,11 +143,16 @@ def create_app(settings: Settings) -> FastAPI:
         if state.batcher:
             await state.batcher.stop()
         state.writer.shutdown(wait=False, cancel_futures=True)
+        if state.index is not None:
+            state.index.close()
 
     app = FastAPI(title="semsearch", version=m.VERSION, lifespan=lifespan,
                   description="Semantic search over an index of documents: BERT sentence vectors, FAISS and SQLite.")
     app.state.semsearch = state
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, seconds=settings.limits.body_seconds)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
+    limits = settings.limits
 
     install_error_handlers(app)
 
@@ -161,21 +163,49 @@ def create_app(settings: Settings) -> FastAPI:
             raise ServiceError(503, "loading the model and the index; try again in a moment")
         return state.batcher
 
+    def authorized(authorization: str | None) -> bool:
+        """A valid bearer token (compared in constant time; never logged)."""
+        scheme, _, given = (authorization or "").partition(" ")
+        return (settings.token is not None and scheme.lower() == "bearer"
+                and hmac.compare_digest(given.strip().encode(), settings.token.encode()))
+
     def writes_allowed(authorization: str | None = Header(None, description="Bearer <token>")) -> None:
         if settings.token is None:
             raise ServiceError(403, "this server is read-only: start it with --token-file to allow writes")
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.token.encode()):
+        if not authorized(authorization):
             raise ServiceError(401, "a valid 'Authorization: Bearer <token>' header is needed to write")
+
+    async def submit(batcher: MicroBatcher, work: Work):
+        try:
+            return await batcher.submit(work)
+        except QueueFull:
+            raise ServiceError(503, f"the server is busy ({limits.max_queue} items are waiting); try again",
+                               headers={"Retry-After": "1"}) from None
+
+    def make_room(batcher: MicroBatcher, n: int) -> None:
+        if batcher.room() < n:
+            raise ServiceError(503, f"the server is busy ({limits.max_queue} items are waiting); try again",
+                               headers={"Retry-After": "1"})
+
+    def bounded_json(value: Any) -> Response:
+        try:
+            body = json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        except UnicodeEncodeError:  # a query echoed back with a lone surrogate: escaped, as it came
+            body = json.dumps(value, ensure_ascii=True, allow_nan=False).encode()
+        if len(body) > limits.max_response_bytes:
+            raise TooMuch(f"the response would be {len(body) / 2**20:.1f} MB; at most "
+                          f"{limits.max_response_bytes / 2**20:g} MB (ask for fewer hits, or without full_text)")
+        return Response(body, media_type="application/json")
 
     # --- reading ---------------------------------------------------------------------------
     @app.get("/health", response_model=m.Health, tags=["service"],
              responses={503: {"model": m.Error, "description": "loading, or the index could not be loaded"}})
-    async def health():
+    async def health(authorization: str | None = Header(None, description="Bearer <token>: paths unredacted")):
         """Ready only once the model and the index are loaded."""
         if not state.ready:
             status = "error" if state.error else "loading"
-            return JSONResponse({"status": status, "error": state.error}, status_code=503)
+            error = state.error if authorized(authorization) else bounds.redact(state.error, settings.index)
+            return JSONResponse({"status": status, "error": error}, status_code=503)
         return {"status": "ready", "error": None}
 
     @app.get("/search", response_model=m.SearchResult, tags=["search"], responses=m.ERRORS)
@@ -183,25 +213,31 @@ def create_app(settings: Settings) -> FastAPI:
         q: str = Query(..., description="The question or text to search for."),
         k: int = Query(10, ge=1, le=MAX_K, description="Number of documents to return."),
         where: list[str] = Query([], description="Metadata filter KEY=VALUE (repeatable; all must match)."),
+        full_text: bool = Query(False, description="Send each hit's whole document text, not a snippet."),
     ):
         """The k documents that mean the most the same as q."""
-        outcome = await ready().submit(Work("search", SearchRequest(q, k, parse_where(where))))
+        bounds.check_queries([q], k, limits)
+        outcome = await submit(ready(), Work("search", SearchRequest(q, k, parse_where(where))))
         if outcome.error:
             raise ServiceError(400, outcome.error)
-        return JSONResponse(outcome.as_dict())  # already plain JSON: no second validation pass
+        return bounded_json(bounds.trim_hits(outcome.as_dict(), limits.hit_text_chars, full_text))
 
     @app.post("/search", response_model=m.SearchResults, tags=["search"], responses=m.ERRORS)
-    async def search_post(body: m.SearchBody):
+    async def search_post(body: m.SearchBody, request: Request):
         """Many queries at once; a bad query gets its own error entry, the others their hits, in input order."""
+        bounds.check_queries(body.queries, body.k, limits)
         batcher = ready()
-        outcomes = await asyncio.gather(*(batcher.submit(Work("search", SearchRequest(q, body.k, body.where)))
-                                          for q in body.queries))
-        return JSONResponse({"results": [o.as_dict() for o in outcomes]})  # as built: no null fields added
+        make_room(batcher, len(body.queries))
+        outcomes = await until_disconnected(request, asyncio.gather(
+            *(submit(batcher, Work("search", SearchRequest(q, body.k, body.where))) for q in body.queries)))
+        return bounded_json({"results": [bounds.trim_hits(o.as_dict(), limits.hit_text_chars, body.full_text)
+                                         for o in outcomes]})
 
     @app.post("/faq/answer", response_model=m.FAQReply, tags=["faq"], responses=m.ERRORS)
     async def faq_answer(body: m.FAQQuestion):
         """The FAQ entry that answers the question, or not confident with the closest entries."""
-        reply = await ready().submit(Work("faq", body.question))
+        bounds.check_chars(body.question, limits.max_query_chars, "the question", "--max-query-chars")
+        reply = await submit(ready(), Work("faq", body.question))
         if getattr(reply, "error", None):
             raise ServiceError(400, reply.error)
         return reply.as_dict()
@@ -209,36 +245,56 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/embed", response_model=m.Embeddings, tags=["search"], responses=m.ERRORS)
     async def embed(body: m.EmbedBody):
         """Sentence vectors with the index's own model, layer, pooling and precision."""
+        bounds.check_texts(body.texts, limits)
         if any(not t.strip() for t in body.texts):
             raise ServiceError(400, "a text is empty")
-        return await ready().submit(Work("embed", body.texts))
+        for n, text in enumerate(body.texts, 1):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ServiceError(400, f"text {n} is not valid text (a lone surrogate)") from None
+        batcher = ready()
+        make_room(batcher, 1)
+        result = await submit(batcher, Work("embed", body.texts))
+        if isinstance(result, dict) and result.get("error"):
+            raise ServiceError(400, result["error"])
+        return result
 
     @app.get("/index", response_model=m.IndexInfoModel, tags=["index"], responses=m.ERRORS)
-    async def index_info():
-        """The index's model, layer, pooling, counts, vector index type and generation."""
+    async def index_info(authorization: str | None = Header(None, description="Bearer <token>: paths unredacted")):
+        """The index's model, layer, pooling, counts, vector index type and generation (the index
+        folder and a model folder by their names, unless the request carries the token)."""
         ready()
 
         def info():
-            with Index.open(settings.index) as index:
-                return index.info().as_dict()
+            with state.index_lock:  # the server's open index: one connection, one caller at a time
+                return state.index.info().as_dict()
 
-        return await asyncio.get_running_loop().run_in_executor(None, info)
+        described = await asyncio.get_running_loop().run_in_executor(None, info)
+        return described if authorized(authorization) else bounds.public_info(described, settings.index)
 
     # --- writing ---------------------------------------------------------------------------
     async def write(job):
         ready()
         async with state.write_lock:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(state.writer, job)
-            except IndexLockedError as exc:
-                raise ServiceError(409, str(exc)) from None
-            except SemsearchError as exc:
-                raise ServiceError(400, str(exc)) from None
+            for attempt in (1, 2):
+                try:
+                    return await asyncio.get_running_loop().run_in_executor(state.writer, job)
+                except IndexReplacedError as exc:  # build --force swapped the folder: the new index takes it
+                    if attempt == 2:
+                        raise ServiceError(409, str(exc)) from None
+                except IndexLockedError as exc:
+                    raise ServiceError(409, str(exc)) from None
+                except SemsearchError as exc:
+                    raise ServiceError(400, str(exc)) from None
 
     @app.post("/documents", response_model=m.AddReply, tags=["index"], dependencies=[Depends(writes_allowed)],
               responses={**m.ERRORS, 401: {"model": m.Error}, 403: {"model": m.Error}, 409: {"model": m.Error}})
     async def add_documents(body: m.DocumentsBody):
         """Add or replace documents (unchanged texts are not encoded again)."""
+        if len(body.documents) > limits.max_documents:
+            raise TooMuch(f"{len(body.documents):,} documents in one request; at most {limits.max_documents:,} "
+                          "(--max-documents)")
         docs = [d.model_dump() for d in body.documents]
 
         def job():
@@ -275,55 +331,3 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def parse_where(pairs: list[str]) -> dict[str, str] | None:
-    where: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ServiceError(400, f"where={pair!r}: expected KEY=VALUE")
-        if key in where:
-            raise ServiceError(400, f"where names {key!r} twice")
-        where[key] = value
-    return where or None
-
-
-class BodyLimit:
-    """Refuses a request body over ``limit`` bytes with 413, by its Content-Length or as it streams
-    (the body is read here, up to the limit, and handed on whole)."""
-
-    def __init__(self, app, limit: int):
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self.refuse(send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.limit:
-                return await self.refuse(send)
-            if not message.get("more_body", False):
-                break
-        body, delivered = b"".join(chunks), False
-
-        async def replay():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def refuse(self, send) -> None:
-        response = JSONResponse({"error": f"the request body is over {self.limit / (1024 * 1024):g} MB "
-                                          "(start the server with a larger --max-body-mb)"}, status_code=413)
-        await response({"type": "http"}, None, send)

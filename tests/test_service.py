@@ -13,13 +13,12 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from servers import ready, serving, wait_until
 
 from index import Index
 from search import Searcher, service
@@ -43,39 +42,6 @@ def faq_index(tiny_model, tmp_path) -> Path:
     path = tmp_path / "idx"
     Index.create(path, model=tiny_model).add([*faq_documents(FAQ), *DOCS])
     return path
-
-
-def wait_until(predicate, deadline: float = 120.0, what: str = "condition"):
-    until = time.monotonic() + deadline
-    while time.monotonic() < until:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@contextmanager
-def serving(index: Path, **settings):
-    """A server for ``index`` on a free loopback port; yields its base URL (ready to answer)."""
-    import uvicorn
-
-    app = service.create_app(service.Settings(index=index, **settings))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, what="the server to start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        yield url, app
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
-def ready(url: str) -> None:
-    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, what="/health to say ready")
 
 
 @pytest.fixture
@@ -288,6 +254,7 @@ def test_concurrent_questions_share_model_calls(faq_index):
 def test_semsearch_serve_and_query_through_it(faq_index, tmp_path):
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)  # readable by others, serve warns first (tests/test_hostile.py)
     proc = subprocess.Popen([sys.executable, "-c", "from cli import main; main()", "serve", "--index", str(faq_index),
                              "--port", "0", "--token-file", str(token)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:

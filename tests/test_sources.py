@@ -394,7 +394,14 @@ def test_directory_symlinked_directory_is_followed_once(tmp_path):
     root.mkdir()
     os.symlink(outside, root / "link1")
     os.symlink(outside, root / "link2")
-    assert [d.id for d in read(root)] == ["link1/o.txt"]
+    report = ReadReport()
+    assert [d.id for d in read(root, report=report)] == []  # links out of the folder: not by default
+    assert report.skipped_links == 2 and "--follow-symlinks" in report.warnings[0]
+    assert [d.id for d in read(root, follow_symlinks=True)] == ["link1/o.txt"]
+    (root / "inner").mkdir()
+    (root / "inner" / "i.txt").write_text("inside", encoding="utf-8")
+    os.symlink(root / "inner", root / "alias")  # a link inside the folder is followed once
+    assert [d.id for d in read(root)] == ["alias/i.txt"]
 
 
 def test_directory_broken_symlink_is_skipped(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, Iterable
 
 from .. import options
 from ..errors import ConfigMismatchError, IndexExistsError, IndexNotFoundError, SemsearchError
+from ..files import write_atomically
 from ..indexer import Index
 from ..ingest.engines import Engine
 from ..model.config import EncoderConfig
@@ -37,6 +39,7 @@ from ..storage import folder
 from ..storage.writer import OnCommit, Progress, Writer, as_document
 
 MANIFEST = options.SHARD_MANIFEST
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a child folder: no separator, no '..'
 HASH = "sha1-mod"  # the first 8 bytes of SHA-1 of the NFC id, big-endian, modulo the shard count
 SAME_IN_EVERY_SHARD = ("dimension", "passage_tokens", "passage_overlap")
 
@@ -69,12 +72,13 @@ class ShardManifest:
 
     def save(self, where: Path) -> None:
         """Written to a temporary file, fsynced and renamed: never half there."""
-        tmp = where / f".{MANIFEST}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"format": self.format, "hash": self.hash, "shards": list(self.shards)}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, where / MANIFEST)
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"format": self.format, "hash": self.hash, "shards": list(self.shards)}, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+
+        write_atomically(Path(where) / MANIFEST, write)
 
     @classmethod
     def load(cls, where: Path) -> "ShardManifest":
@@ -87,6 +91,11 @@ class ShardManifest:
         if manifest.format != 1 or manifest.hash != HASH or not manifest.shards:
             raise SemsearchError(f"{where / MANIFEST}: unsupported shard manifest "
                                  f"(format {manifest.format}, hash {manifest.hash!r}); upgrade semsearch")
+        bad = [name for name in manifest.shards if not SHARD_NAME.fullmatch(name) or name in (".", "..")]
+        if bad or len(set(manifest.shards)) != len(manifest.shards):
+            shown = repr(bad[0]) if bad else "a repeated name"
+            raise SemsearchError(f"{where / MANIFEST}: shard {shown} is not a plain folder name inside the "
+                                 "sharded index; refusing to act on folders outside it")
         return manifest
 
 
@@ -158,7 +167,7 @@ class ShardedIndex:
             raise IndexExistsError(f"a sharded index already exists at {path}; pass --force to replace it")
         folder.check_destination(path, force=False)
         with folder.staging(path, "creating") as staging:
-            staging.mkdir()
+            folder.make_marked(staging)
             names = tuple(shard_name(n) for n in range(shards))
             for name in names:
                 Index.create(staging / name, **config).close()
@@ -186,6 +195,7 @@ class ShardedIndex:
         if force and (is_sharded(path) or folder.is_index(path)):
             with folder.staging(path, "building") as staging:
                 new = cls.create(staging, shards, complete=False, **config)
+                folder.mark(staging)
                 result = new.route(documents, progress, on_commit, engine, complete=True)
                 new.close()
                 folder.replace_index(staging, path)

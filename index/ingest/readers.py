@@ -31,6 +31,8 @@ class ReadReport:
 
     skipped_empty: int = 0
     skipped_invalid: int = 0
+    skipped_links: int = 0  # symbolic links out of a folder being read (not followed by default)
+    skipped_special: int = 0  # FIFOs, devices and sockets inside a folder being read
     duplicate_ids: list[str] = field(default_factory=list)  # filled in by the caller
     warnings: list[str] = field(default_factory=list)
 
@@ -44,6 +46,8 @@ class ReadOptions:
     title_field: str | None
     strict: bool
     report: ReadReport
+    max_document_bytes: int = 64 * 1024 * 1024  # one text file, or one JSONL/lines line
+    follow_symlinks: bool = False  # in a folder: follow symbolic links that lead out of it
 
 
 BINARY_SNIFF_BYTES = 8192
@@ -62,6 +66,8 @@ def read_stream(f: BinaryIO | Iterable[bytes], name: str, fmt: str, text_id: str
     ``jsonl`` and ``lines`` accept any iterable of byte lines; ``csv``, ``tsv``
     and ``text`` need a seekable binary file.
     """
+    if fmt in ("jsonl", "lines") and hasattr(f, "readline"):
+        f = bounded_lines(f, name, opts.max_document_bytes)
     if fmt == "jsonl":
         yield from read_jsonl(f, name, opts)
     elif fmt == "lines":
@@ -201,9 +207,28 @@ def read_table(f: BinaryIO, name: str, fmt: str, opts: ReadOptions) -> Iterator[
         text_stream.detach()  # the caller owns (and closes) the binary file
 
 
+def bounded_lines(f: BinaryIO, name: str, limit: int) -> Iterator[bytes]:
+    """The lines of ``f``, none read past ``limit`` bytes: a line that long (a file with no line
+    breaks, ``/dev/zero``) is an ``InputError`` instead of a process that fills its memory."""
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > limit:
+            raise InputError(f"{name}:{lineno}: a line is over the {limit / 2**20:g} MB limit for one document "
+                             "(--max-document-mb)")
+        yield raw
+
+
 def read_text(f: BinaryIO, name: str, doc_id: str, opts: ReadOptions) -> Iterator[DocumentFields]:
-    """Read a whole text file as one document with id ``doc_id``."""
-    data = f.read()
+    """Read a whole text file (at most ``opts.max_document_bytes``) as one document with id ``doc_id``."""
+    data = f.read(opts.max_document_bytes + 1)
+    if len(data) > opts.max_document_bytes:
+        skip_invalid(f"{name}: over the {opts.max_document_bytes / 2**20:g} MB limit for one document "
+                     "(--max-document-mb)", opts)
+        return
     if b"\x00" in data[:BINARY_SNIFF_BYTES]:
         skip_invalid(f"{name}: binary file (contains NUL bytes)", opts)
         return

@@ -28,6 +28,7 @@ import codecs
 import itertools
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -38,7 +39,8 @@ from typing import BinaryIO, Union
 
 from ..errors import InputError
 from ..options import FORMATS
-from .readers import BINARY_SNIFF_BYTES, DocumentFields, ReadOptions, ReadReport, read_stream, skip_invalid
+from .readers import (BINARY_SNIFF_BYTES, DocumentFields, ReadOptions, ReadReport, bounded_lines, read_stream,
+                      skip_invalid)
 
 __all__ = [
     "FORMATS", "EXTENSIONS", "STDIN_NAME", "STDIN_TEXT_ID", "BINARY_SNIFF_BYTES", "Source",
@@ -88,6 +90,8 @@ def read_documents(
     strict: bool = False,
     report: ReadReport | None = None,
     stdin: BinaryIO | None = None,
+    max_document_bytes: int = ReadOptions.max_document_bytes,
+    follow_symlinks: bool = False,
 ) -> Iterator[Document]:
     """Yield the documents of ``sources`` one at a time, in order.
 
@@ -97,13 +101,18 @@ def read_documents(
     directory are always chosen by extension. All given paths are checked
     before the first document is yielded. Skipped documents, lines and files
     are counted in ``report``.
+
+    Inside a directory, symbolic links that lead out of it are not followed (unless
+    ``follow_symlinks``), and FIFOs, devices and sockets are skipped: a folder cannot make the
+    index read ``~/.ssh`` or hang on a pipe. A text file, or one line of JSONL or lines, over
+    ``max_document_bytes`` is refused with one line.
     """
     if format is not None and format not in FORMATS:
         raise InputError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     opts = ReadOptions(id_field or None, text_field or None, title_field or None, strict,
-                       report if report is not None else ReadReport())
+                       report if report is not None else ReadReport(), max_document_bytes, follow_symlinks)
     plan = [_plan_source(source, format) for source in sources]
     for kind, path, fmt in plan:
         if kind == "stdin":
@@ -209,31 +218,45 @@ def _read_stdin(stream: BinaryIO, fmt: str | None, opts: ReadOptions) -> Iterato
             tmp.seek(0)
             yield from _documents(read_stream(tmp, STDIN_NAME, fmt, STDIN_TEXT_ID, "", opts))
         return
+    source = bounded_lines(stream, STDIN_NAME, opts.max_document_bytes) if hasattr(stream, "readline") else iter(stream)
     consumed: list[bytes] = []
     if fmt is None:
         fmt = "lines"
-        for raw in stream:
+        for raw in source:
             consumed.append(raw)
             content = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
             content = content.strip()
             if content:
                 fmt = "jsonl" if content.startswith(b"{") else "lines"
                 break
-    lines = itertools.chain(consumed, stream)  # fmt is now "jsonl" or "lines"
+    lines = itertools.chain(consumed, source)  # fmt is now "jsonl" or "lines"
     yield from _documents(read_stream(lines, STDIN_NAME, fmt, STDIN_TEXT_ID, "", opts))
 
 
 def _read_directory(top: str, opts: ReadOptions) -> Iterator[Document]:
     """Read every document file under ``top``; text files get their relative path as id."""
-    for rel, path, fmt in _walk_directory(top):
+    real_top = os.path.realpath(top)
+    for rel, path, fmt in _walk_directory(top, opts):
         if not os.path.exists(path):
             skip_invalid(f"{path}: broken symbolic link", opts)
+            continue
+        if not opts.follow_symlinks and not _inside(os.path.realpath(path), real_top):
+            opts.report.skipped_links += 1
+            opts.report.warnings.append(f"{path}: a symbolic link out of {top}, not followed (--follow-symlinks)")
+            continue
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            opts.report.skipped_special += 1
+            opts.report.warnings.append(f"{path}: not a regular file (a FIFO, device or socket), skipped")
             continue
         with _open_binary(path) as f:
             yield from _documents(read_stream(f, path, fmt, rel, f"{path}:", opts))
 
 
-def _walk_directory(top: str) -> list[tuple[str, str, str]]:
+def _inside(real: str, real_top: str) -> bool:
+    return real == real_top or real.startswith(real_top.rstrip(os.sep) + os.sep)
+
+
+def _walk_directory(top: str, opts: ReadOptions) -> list[tuple[str, str, str]]:
     """List ``(relative posix path, path, format)`` of document files under ``top``, sorted.
 
     Hidden files and directories (names starting with ``.``) and files with other
@@ -247,13 +270,19 @@ def _walk_directory(top: str) -> list[tuple[str, str, str]]:
             raise InputError(f"{exc.filename}: permission denied")
         raise InputError(f"{exc.filename}: {exc.strerror or exc}")
 
-    visited = {os.path.realpath(top)}
+    real_top = os.path.realpath(top)
+    visited = {real_top}
     found: list[tuple[str, str, str]] = []
     for root, dirnames, filenames in os.walk(top, onerror=on_error, followlinks=True):
         kept = []
         for name in sorted(dirnames):
             real = os.path.realpath(os.path.join(root, name))
             if name.startswith(".") or real in visited:
+                continue
+            if not opts.follow_symlinks and not _inside(real, real_top):
+                opts.report.skipped_links += 1
+                opts.report.warnings.append(f"{os.path.join(root, name)}: a symbolic link out of {top}, not followed "
+                                            "(--follow-symlinks)")
                 continue
             visited.add(real)
             kept.append(name)

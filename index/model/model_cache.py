@@ -1,7 +1,8 @@
 """The model cache: exported ONNX graphs, known fingerprints and backend choices, per user.
 
 Lives in ``$SEMSEARCH_CACHE`` (default ``$XDG_CACHE_HOME/semsearch`` or
-``~/.cache/semsearch``), never inside a model's folder:
+``~/.cache/semsearch``), never inside a model's folder, and only while that
+folder is the user's own and closed to others (0700; see ``cache_root``):
 
 - ``graphs/<fingerprint>-l<layer>-t<max length>-<precision>-v<export version>/``:
   ``model.onnx``, the ``tokenizer.json`` it was verified with, and ``meta.json``
@@ -39,11 +40,44 @@ FINGERPRINT_ALGORITHM = 2  # of loading.model_fingerprint: a remembered fingerpr
 EXPORT_VERSION = 1  # of the exported graph (onnx_export): bump when it changes, so old graphs are not used
 
 
-def cache_root() -> Path:
+_SAFE: dict[Path, Path] = {}  # the configured root -> the folder used (itself, or a private stand-in)
+
+
+def configured_root() -> Path:
     if os.environ.get("SEMSEARCH_CACHE"):
         return Path(os.environ["SEMSEARCH_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "semsearch"
+
+
+def cache_root() -> Path:
+    """The cache folder, private to this user: made 0700 if missing, narrowed to 0700 if it is
+    ours and wider. A folder owned by someone else (a shared or planted cache whose graphs and
+    hashes another user could rewrite) is not used: this process caches in a private temporary
+    folder instead, with a warning."""
+    root = configured_root()
+    if root not in _SAFE:
+        _SAFE[root] = _private(root)
+    return _SAFE[root]
+
+
+def _private(root: Path) -> Path:
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.stat(root)
+        if st.st_uid == os.geteuid():
+            if st.st_mode & 0o077:
+                os.chmod(root, 0o700)
+            return root
+        problem = f"it belongs to user id {st.st_uid}"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    import tempfile
+
+    stand_in = Path(tempfile.mkdtemp(prefix="semsearch-cache-"))  # 0700, ours, gone at reboot
+    warnings.warn(f"the cache folder {root} is not used ({problem}); caching in {stand_in} for this "
+                  "process instead (set SEMSEARCH_CACHE to a folder of your own)", stacklevel=3)
+    return stand_in
 
 
 def transformers_version() -> str | None:

@@ -24,6 +24,30 @@ from ..errors import IndexExistsError
 from .store import DB_NAME
 
 STAGING_KINDS = ("old", "creating", "building")
+# A file semsearch puts in every folder it may later remove on its own (a staging folder, an
+# index moved aside by a replacement): clean-up removes only folders that carry it, never a
+# user's own ``.NAME.old-1234`` backup.
+MARKER = ".semsearch-leftover"
+
+
+def mark(folder: Path) -> None:
+    (Path(folder) / MARKER).write_text("made by semsearch: removed once the process that made it is gone\n",
+                                       encoding="utf-8")
+
+
+def make_marked(folder: Path) -> None:
+    """Make a staging folder readable by its owner alone (0700, or less under a stricter umask),
+    and mark it as semsearch's."""
+    Path(folder).mkdir(mode=0o700)
+    mark(folder)
+
+
+def unmark(folder: Path) -> None:
+    (Path(folder) / MARKER).unlink(missing_ok=True)
+
+
+def marked(folder: Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
 
 
 def numbered_entries(folder: Path, pattern: re.Pattern, folders: bool = False) -> dict[int, Path]:
@@ -61,11 +85,14 @@ def check_destination(path: Path, force: bool) -> None:
 
 @contextmanager
 def staging(path: Path, kind: str) -> Iterator[Path]:
-    """A fresh staging folder for ``path``, removed on the way out (after it was moved into place,
-    nothing is left to remove)."""
+    """The path of a fresh staging folder for ``path``, removed on the way out (after it was moved
+    into place, nothing is left to remove). Whoever makes the folder marks it (``make_marked``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = staging_path(path, kind)
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        if not marked(folder):
+            raise IndexExistsError(f"{folder} is in the way and was not made by semsearch; move it")
+        shutil.rmtree(folder, ignore_errors=True)  # this pid's own leftover (a reused pid)
     try:
         yield folder
     finally:
@@ -80,6 +107,7 @@ def put_in_place(new: Path, path: Path) -> None:
     if path.is_dir():
         path.rmdir()
     os.rename(new, path)
+    unmark(path)
 
 
 def replace_index(new: Path, path: Path) -> None:
@@ -90,11 +118,14 @@ def replace_index(new: Path, path: Path) -> None:
     index back if a crash falls between them.
     """
     old = staging_path(path, "old")
+    mark(path)  # the index about to be moved aside: clean-up may remove it
     if exchange(new, path):
+        unmark(path)
         os.rename(new, old)
     else:
         os.rename(path, old)
         os.rename(new, path)
+        unmark(path)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -124,10 +155,12 @@ def recover(path: Path) -> None:
             path.rmdir()
         if not path.exists():
             os.rename(leftovers.pop(), path)
+            unmark(path)
     for kind in STAGING_KINDS:
         for leftover in parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
             pid = leftover.name.rsplit("-", 1)[-1]
-            if leftover.exists() and not (pid.isdigit() and pid_alive(int(pid))):
+            if (leftover.is_dir() and not leftover.is_symlink() and marked(leftover)
+                    and not (pid.isdigit() and pid_alive(int(pid)))):
                 shutil.rmtree(leftover, ignore_errors=True)
 
 

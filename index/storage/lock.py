@@ -3,6 +3,12 @@
 The kernel releases the lock when the holding process dies, so a lock left by
 a killed process never blocks anyone; the file only records the last holder's
 pid for the error message.
+
+A writer that waited while ``index build --force`` replaced the whole folder
+gets the lock of a folder that is no longer the index: ``acquire`` sees that
+the lock file at the path is another file now and raises
+``IndexReplacedError``, so nothing is written (and acknowledged) into a folder
+about to be deleted.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import IndexLockedError
+from ..errors import IndexLockedError, IndexReplacedError
 
 LOCK_NAME = "write.lock"
 
@@ -40,6 +46,12 @@ class WriteLock:
                         "try again when it finishes, or pass --wait"
                     ) from None
                 time.sleep(0.05)
+        if not _same_file(fd, self.path):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise IndexReplacedError(
+                f"index {self.path.parent} was replaced (index build --force) while this write waited; "
+                "nothing was written: open the index again and retry")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -56,6 +68,14 @@ class WriteLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -14,6 +14,7 @@ timeout: readers see the last committed state while a writer works.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from . import migrations
 DB_NAME = "semsearch.db"
 NEXT_TABLE = "passages_next"  # filled by a rebuild, swapped in when complete
 IN_CHUNK = 500  # values per "IN (?, ...)" query, well below SQLite's variable limit
+MAX_FILTER_KEYS = 64  # keys one metadata filter may name (SQLite's expression depth is bounded)
 
 
 def utc_now() -> str:
@@ -42,6 +44,11 @@ class MetadataStore:
         self.path = path
         self.conn = conn
         self._db = None
+        self.identity = _identity(path)  # the database file opened (a replaced index has another)
+
+    def replaced(self) -> bool:
+        """True when the database at this path is no longer the file this store opened."""
+        return _identity(self.path) != self.identity
 
     @property
     def db(self):
@@ -334,6 +341,8 @@ class MetadataStore:
         A string value also matches a number or boolean with the same text, so
         ``--where year=2020`` finds ``{"year": 2020}``.
         """
+        if len(where) > MAX_FILTER_KEYS:
+            raise SemsearchError(f"a filter names {len(where)} keys; at most {MAX_FILTER_KEYS} are allowed")
         clauses, params = [], []
         for key, value in where.items():
             # json_each compares keys as plain strings: any key works, quotes included.
@@ -343,7 +352,10 @@ class MetadataStore:
         sql = "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        ids = [r[0] for r in self.conn.execute(sql, params)]
+        try:
+            ids = [r[0] for r in self.conn.execute(sql, params)]
+        except (OverflowError, sqlite3.Error, UnicodeEncodeError) as exc:  # values SQLite cannot take
+            raise SemsearchError(f"the filter cannot be evaluated ({_short(exc)})") from None
         return np.asarray(ids, dtype=np.int64)
 
     # --- rebuild support -----------------------------------------------------------------
@@ -368,6 +380,22 @@ class MetadataStore:
     def drop_next_passages(self) -> None:
         with self.transaction():
             self.db.execute(f"DROP TABLE IF EXISTS {NEXT_TABLE}")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, OverflowError):
+        return "a number is outside SQLite's 64-bit integer range"
+    if isinstance(exc, UnicodeEncodeError):
+        return "a key or value is not valid Unicode text"
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
 
 
 def _value_test(value: Any) -> tuple[str, list]:

@@ -26,7 +26,7 @@ import numpy as np
 from .. import options
 from ..ann import registry, tuning
 from ..ann.tuning import Tuning
-from ..errors import SemsearchError
+from ..errors import IndexReplacedError, SemsearchError
 from ..ingest.engines import Chunk, EncodeSettings, Engine, LocalEngine
 from ..ingest.passages import EncodedDocument, encode_documents
 from ..model.config import EncoderConfig
@@ -87,6 +87,10 @@ class Writer:
     def __enter__(self) -> "Writer":
         self.lock.acquire()
         try:
+            if self.store.replaced():  # this store's folder was swapped out (build --force) since it was opened
+                raise IndexReplacedError(
+                    f"index {self.folder} was replaced (index build --force) since it was opened; nothing was "
+                    "written: open the index again and retry")
             self.removed_leftovers = self.generations.prepare_for_writing()
         except BaseException:
             self.lock.release()
