@@ -19,7 +19,7 @@ FastAPI must read its annotations as objects, not as names to look up.)
 
 import asyncio
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ from index.distributed.shards import ShardManifest, is_sharded
 from index.errors import SemsearchError
 
 from . import api_models as m
+from . import limits as bounds
 from .http import ServiceError, install_error_handlers, parse_where
+from .limits import Limits
 from .service import MAX_K
 from .sharded import check_queries, merge_hits
 
@@ -47,6 +49,7 @@ class RayServeSettings:
     gateway_cpus: float = 1.0  # CPUs reserved by the gateway (it embeds the queries)
     batch_max: int = 32  # most queries per model call in the gateway
     batch_window: float = 0.01  # seconds a query waits for others to share its model call
+    limits: Limits = field(default_factory=Limits)  # the same bounds per request as `semsearch serve`
 
 
 def shard_folders(path: Path) -> list[Path]:
@@ -94,6 +97,7 @@ def application(settings: RayServeSettings):
     serve = import_serve()
     folders = shard_folders(settings.index)
     app = make_gateway_app()
+    limits = settings.limits
 
     class Gateway:
         def __init__(self, index_folder: str, shards: list):
@@ -126,7 +130,8 @@ def application(settings: RayServeSettings):
             try:
                 await asyncio.gather(*(shard.ready.remote() for shard in self.shards))
             except Exception as exc:
-                return JSONResponse({"status": "error", "error": str(exc).splitlines()[0]}, status_code=503)
+                error = bounds.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, folders[0])
+                return JSONResponse({"status": "error", "error": error}, status_code=503)
             return {"status": "ready", "error": None}
 
         @app.get("/search", response_model=m.SearchResult, tags=["search"], responses=m.ERRORS)
@@ -134,16 +139,19 @@ def application(settings: RayServeSettings):
                              k: int = Query(10, ge=1, le=MAX_K, description="Number of documents to return."),
                              where: list[str] = Query([], description="Metadata filter KEY=VALUE (repeatable).")):
             """The k documents that mean the most the same as q."""
+            bounds.check_queries([q], k, limits)
             try:
                 check_queries([q])
             except SemsearchError as exc:
                 raise ServiceError(400, str(exc)) from None
             hits = (await self.search([q], k, parse_where(where)))[0]
-            return JSONResponse({"query": q, "hits": [h.as_dict() for h in hits]})
+            return JSONResponse(bounds.trim_hits({"query": q, "hits": [h.as_dict() for h in hits]},
+                                                 limits.hit_text_chars, False))
 
         @app.post("/search", response_model=m.SearchResults, tags=["search"], responses=m.ERRORS)
         async def search_post(self, body: m.SearchBody):
             """Many queries at once; a bad query gets its own error entry, the others their hits, in input order."""
+            bounds.check_queries(body.queries, body.k, limits)
             results: list[dict] = []
             valid = []
             for i, q in enumerate(body.queries):
@@ -156,7 +164,8 @@ def application(settings: RayServeSettings):
             if valid:
                 found = await self.search([body.queries[i] for i in valid], body.k, body.where)
                 for i, hits in zip(valid, found):
-                    results[i] = {"query": body.queries[i], "hits": [h.as_dict() for h in hits]}
+                    results[i] = bounds.trim_hits({"query": body.queries[i], "hits": [h.as_dict() for h in hits]},
+                                                  limits.hit_text_chars, body.full_text)
             return JSONResponse({"results": results})
 
     shard = serve.deployment(ShardReplica, num_replicas=settings.replicas,
