@@ -12,6 +12,7 @@ pieces.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -231,12 +232,28 @@ class Index:
         (``index.storage.restamp``)."""
         recorded = EncoderConfig.from_info(info)
         if self._encoder is None or self._encoder_config != recorded:
-            encoder = Encoder.for_config(recorded.request(), batch_size=self.batch_size, device=self.device)
+            overlap, load = int(info.get("passage_overlap") or 0), self._load_encoder
+            verified = False
+            try:  # the recorded fingerprint as an expectation: a model that differs is not exported
+                encoder = load(recorded)
+            except ConfigMismatchError:
+                if recorded.fingerprint is None:
+                    raise
+                # Check the vectors with the torch backend first (int8 exists on ONNX Runtime only),
+                # so that a graph is exported only for a model that reproduces the index.
+                probe = load(recorded.request() if recorded.precision == "int8" else
+                             replace(recorded.request(), backend="torch"))
+                recorded.check_dimension(probe.dimension, int(info["dimension"]), str(self.path))
+                reverify(self.path, self.store, probe, recorded, overlap)
+                encoder, verified = load(replace(recorded, fingerprint=probe.fingerprint)), True
             recorded.check_dimension(encoder.dimension, int(info["dimension"]), str(self.path))
-            if not recorded.same_fingerprint(encoder.config):
-                reverify(self.path, self.store, encoder, recorded, int(info.get("passage_overlap") or 0))
+            if not verified and not recorded.same_fingerprint(encoder.config):
+                reverify(self.path, self.store, encoder, recorded, overlap)
             self._encoder, self._encoder_config = encoder, recorded
         return self._encoder
+
+    def _load_encoder(self, config: EncoderConfig) -> Encoder:
+        return Encoder.for_config(config, batch_size=self.batch_size, device=self.device)
 
     # --- reading -------------------------------------------------------------------------
     @contextmanager

@@ -7,7 +7,8 @@ and the FAISS file is named after the generation it matches, so a FAISS file
 that lags the database is detected, never silently served.
 
 Every SQL statement of the package lives here (the schema itself in
-``migrations.py``), each behind a named method. Opened in WAL mode with a busy
+``migrations.py``, metadata filters in ``filters.py``), each behind a named
+method. Opened in WAL mode with a busy
 timeout: readers see the last committed state while a writer works.
 """
 
@@ -25,12 +26,11 @@ import numpy as np
 
 from ..errors import IndexCorruptError, SemsearchError
 from ..records import Passage
-from . import migrations
+from . import filters, migrations
 
 DB_NAME = "semsearch.db"
 NEXT_TABLE = "passages_next"  # filled by a rebuild, swapped in when complete
 IN_CHUNK = 500  # values per "IN (?, ...)" query, well below SQLite's variable limit
-MAX_FILTER_KEYS = 64  # keys one metadata filter may name (SQLite's expression depth is bounded)
 
 
 def utc_now() -> str:
@@ -335,28 +335,9 @@ class MetadataStore:
         self.conn.executemany("DELETE FROM passages WHERE id = ?", [(int(i),) for i in ids])
 
     def filtered_passage_ids(self, where: dict[str, Any]) -> np.ndarray:
-        """Passage ids of the documents whose metadata equals every ``key: value`` in ``where``.
-
-        Keys and values are bound parameters (no SQL is built from user text).
-        A string value also matches a number or boolean with the same text, so
-        ``--where year=2020`` finds ``{"year": 2020}``.
-        """
-        if len(where) > MAX_FILTER_KEYS:
-            raise SemsearchError(f"a filter names {len(where)} keys; at most {MAX_FILTER_KEYS} are allowed")
-        clauses, params = [], []
-        for key, value in where.items():
-            # json_each compares keys as plain strings: any key works, quotes included.
-            test, args = _value_test(value)
-            clauses.append(f"EXISTS (SELECT 1 FROM json_each(d.metadata) je WHERE je.key = ? AND {test})")
-            params += [str(key), *args]
-        sql = "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        try:
-            ids = [r[0] for r in self.conn.execute(sql, params)]
-        except (OverflowError, sqlite3.Error, UnicodeEncodeError) as exc:  # values SQLite cannot take
-            raise SemsearchError(f"the filter cannot be evaluated ({_short(exc)})") from None
-        return np.asarray(ids, dtype=np.int64)
+        """Passage ids of the documents whose metadata equals every ``key: value`` in ``where``
+        (the SQL and its limits: ``filters``)."""
+        return filters.passage_ids(self.conn, where)
 
     # --- rebuild support -----------------------------------------------------------------
     def has_next_passages(self) -> bool:
@@ -388,26 +369,3 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _short(exc: Exception) -> str:
-    if isinstance(exc, OverflowError):
-        return "a number is outside SQLite's 64-bit integer range"
-    if isinstance(exc, UnicodeEncodeError):
-        return "a key or value is not valid Unicode text"
-    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-
-
-def _value_test(value: Any) -> tuple[str, list]:
-    """SQL over ``je.type``/``je.value`` (a json_each row) that is true when it equals ``value``."""
-    if value is None:
-        return "je.type = 'null'", []
-    if isinstance(value, bool):
-        return "je.type = ?", ["true" if value else "false"]
-    if isinstance(value, (int, float)):
-        return "je.type IN ('integer', 'real') AND je.value = ?", [value]
-    if isinstance(value, str):
-        return ("((je.type = 'text' AND je.value = ?) OR "
-                "(je.type IN ('integer', 'real') AND CAST(je.value AS TEXT) = ?) OR "
-                "(je.type IN ('true', 'false') AND je.type = lower(?)))"), [value, value, value]
-    return "je.type IN ('array', 'object') AND je.value = json(?)", [json.dumps(value, ensure_ascii=False)]

@@ -69,7 +69,7 @@ $("search-form").addEventListener("submit", async (event) => {
   note.textContent = "searching…";
   try {
     const started = performance.now();
-    const result = await call(`/search?q=${encodeURIComponent(q)}&k=${$("search-k").value}`);
+    const result = await call(`/search?q=${encodeURIComponent(q)}&k=${$("search-k").value}&full_text=true`);  // the page shows the whole document
     showHits(result.hits);
     note.textContent = result.hits.length
       ? `${result.hits.length} results in ${Math.round(performance.now() - started)} ms`
