@@ -352,3 +352,37 @@ def test_serve_warns_of_a_token_file_others_can_read(index, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_queued_work_of_a_client_that_left_is_dropped():
+    from search.http import ServiceError, until_disconnected
+
+    seen, gate = [], threading.Event()
+
+    def runner(items):
+        gate.wait(60)
+        seen.extend(items)
+        return items
+
+    class Gone:  # a client whose connection has closed
+        async def is_disconnected(self):
+            return True
+
+    async def main():
+        batcher = MicroBatcher([runner], window=0, max_items=1)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("first"))  # holds the only worker
+        while batcher.queue.qsize() or not batcher.batches:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ServiceError):
+            await until_disconnected(Gone(), asyncio.gather(*(batcher.submit(f"q{i}") for i in range(5))))
+        gate.set()
+        assert await first == "first"
+        for _ in range(3000):  # bounded: the worker skips what was cancelled
+            if batcher.queue.empty():
+                break
+            await asyncio.sleep(0.01)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert seen == ["first"]
