@@ -24,7 +24,6 @@ import asyncio
 import hmac
 import json
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -73,13 +72,12 @@ class State:
     batcher: MicroBatcher | None = None
     writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="semsearch-writer"))
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    index: Index | None = None  # the server's own open index, for GET /index
-    index_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
 class Work:
-    """One unit of work for a batch: a search, a FAQ question or texts to embed."""
+    """One unit of work for a batch: a search, a FAQ question, texts to embed, or the index info
+    (answered from the worker's own open index, so that GET /index loads nothing)."""
 
     kind: str
     request: Any
@@ -101,6 +99,8 @@ def make_runner(index_path: Path):
             else:
                 results[i] = faq.decide(outcome.query, outcome.hits or [])
         for i, w in enumerate(items):
+            if w.kind == "info":
+                results[i] = searcher.index.info().as_dict()
             if w.kind == "embed":
                 encoder = searcher.encoder
                 try:
@@ -124,7 +124,6 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             runners = await asyncio.gather(*(loop.run_in_executor(None, make_runner, settings.index)
                                              for _ in range(settings.workers)))
-            state.index = await loop.run_in_executor(None, Index.open, settings.index)
         except Exception as exc:  # e.g. a missing index or a changed model: say it on /health
             if not isinstance(exc, SemsearchError):
                 log.error("the index could not be loaded", exc_info=exc)
@@ -143,8 +142,6 @@ def create_app(settings: Settings) -> FastAPI:
         if state.batcher:
             await state.batcher.stop()
         state.writer.shutdown(wait=False, cancel_futures=True)
-        if state.index is not None:
-            state.index.close()
 
     app = FastAPI(title="semsearch", version=m.VERSION, lifespan=lifespan,
                   description="Semantic search over an index of documents: BERT sentence vectors, FAISS and SQLite.")
@@ -264,13 +261,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def index_info(authorization: str | None = Header(None, description="Bearer <token>: paths unredacted")):
         """The index's model, layer, pooling, counts, vector index type and generation (the index
         folder and a model folder by their names, unless the request carries the token)."""
-        ready()
-
-        def info():
-            with state.index_lock:  # the server's open index: one connection, one caller at a time
-                return state.index.info().as_dict()
-
-        described = await asyncio.get_running_loop().run_in_executor(None, info)
+        described = await submit(ready(), Work("info", None))  # a worker's open index: no second copy
         return described if authorized(authorization) else bounds.public_info(described, settings.index)
 
     # --- writing ---------------------------------------------------------------------------
