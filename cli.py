@@ -1299,6 +1299,8 @@ def _print_calibration(report, index_path) -> None:
         click.echo(f"layer {report.layer} cannot reach precision {report.target:.0%}; the most precise setting:")
         click.echo("  " + _rates_line(report.top))
     for alt in report.alternatives:
+        if c is not None and alt.layer == c.layer:  # the layer just applied and calibrated
+            continue
         if alt.best:
             click.echo(f"layer {alt.layer} would reach it, " + _rates_line(alt.best))
             click.echo(f"  to switch: {alt.command}   (or run this command again with --apply)")
