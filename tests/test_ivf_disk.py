@@ -231,3 +231,51 @@ def test_a_full_disk_while_compacting_changes_nothing(disk_index, monkeypatch):
     with Index.open(disk_index) as index:
         assert index.check().ok and index.vectors.ntotal == 800
         assert "full0" not in {h.id for h in Searcher(index).search("full 0", k=5)}
+
+
+THREADED = r"""
+import sys, threading
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import index.ann.ivf_disk as ivf_disk
+from index.ann.registry import build
+
+ivf_disk.SHARD = 500
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4000, 32)).astype(np.float32)
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+ids = np.arange(4000, dtype=np.int64)
+stop, printed = threading.Event(), [0]
+
+def chatter():  # another thread of a host program, printing all along
+    while not stop.is_set() or printed[0] < 200:
+        print(f"line {printed[0]}", flush=True)
+        printed[0] += 1
+
+thread = threading.Thread(target=chatter)
+thread.start()
+built = build("ivf-disk", 32, len(ids), lambda: ((ids[i:i + 700], x[i:i + 700]) for i in range(0, 4000, 700)),
+              workdir=sys.argv[2])
+built.save(__import__("pathlib").Path(sys.argv[2]) / "vectors-1.faiss")
+built.add(ids[:100] + 10_000, x[:100])
+built.save(__import__("pathlib").Path(sys.argv[2]) / "vectors-2.faiss")  # merges base and overlay again
+stop.set()
+thread.join()
+print(f"printed {printed[0]}", flush=True)
+"""
+
+
+def test_another_threads_output_is_never_lost_while_faiss_grows_a_data_file(tmp_path):
+    """Only C's stdout stream is silenced during the merges, not file descriptor 1 of the process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", THREADED, str(root), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    total = int(lines[-1].split()[1])
+    assert lines[:-1] == [f"line {n}" for n in range(total)]  # every line, in order, none torn
+    assert "resizing" not in done.stdout

@@ -52,19 +52,33 @@ def data_file(path: Path) -> Path:
 
 @contextmanager
 def native_stdout_silenced() -> Iterator[None]:
-    """FAISS's on-disk lists print "resizing <file> to <n> bytes" on the C stdout while they grow;
-    keep that out of the command's own output (a table, a JSON line)."""
-    libc = ctypes.CDLL(None)
-    sys.stdout.flush()
-    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    """FAISS's on-disk lists print "resizing <file> to <n> bytes" with C's ``printf`` while they
+    grow; keep that out of the command's own output (a table, a JSON line).
+
+    Only C's ``stdout`` stream is pointed at ``/dev/null`` meanwhile, never file descriptor 1:
+    Python writes through the descriptor (its own buffers), so another thread's ``print`` in a
+    threaded host (``semsearch serve``) still reaches standard output whole. Where the C library
+    cannot be reached this way, the message is simply let through."""
     try:
-        os.dup2(devnull, 1)
+        libc = ctypes.CDLL(None)
+        stream = ctypes.c_void_p.in_dll(libc, "stdout")
+        libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+        libc.fflush.argtypes = libc.fclose.argtypes = [ctypes.c_void_p]
+        sink = libc.fopen(os.devnull.encode(), b"w")
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - no such C library here
+        sink = None
+    if not sink:
+        yield
+        return
+    saved = stream.value
+    libc.fflush(saved)
+    stream.value = sink
+    try:
         yield
     finally:
-        libc.fflush(None)
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+        libc.fflush(sink)
+        stream.value = saved
+        libc.fclose(sink)
 
 
 def _windows(batches: Iterator[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
