@@ -30,6 +30,7 @@ from .storage.check import CheckReport, RepairReport, check_index, repair_index
 from .storage.generations import Generations, file_name
 from .storage.lock import WriteLock
 from .storage.migrations import SCHEMA_VERSION
+from .storage.operations import Operations
 from .storage.restamp import reverify
 from .storage.snapshot import Snapshot
 from .storage.store import MetadataStore
@@ -39,7 +40,7 @@ __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
-    "keep_hangul", "target_recall", "search_tuning", "vectors_base", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
+    "keep_hangul", "target_recall", "search_tuning", "vectors_base", "vectors_base_count", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
     "created_at", "updated_at",
 })
 
@@ -52,8 +53,9 @@ def check_target(target: float | None) -> float:
     return target
 
 
-class Index:
-    """An index directory. Use :meth:`create`, :meth:`open` or :meth:`build`."""
+class Index(Operations):
+    """An index directory. Use :meth:`create`, :meth:`open` or :meth:`build`; reading back, backup and
+    compaction come from ``Operations``."""
 
     def __init__(self, path: Path, store: MetadataStore, *, batch_size: int = options.DEFAULT_BATCH_SIZE,
                  device: str | None = None, wait: bool | float = False):

@@ -37,6 +37,7 @@ from ..model.text import normalize_text
 from ..records import AddResult, DeleteResult, IndexInfo
 from ..storage import folder
 from ..storage.writer import OnCommit, Progress, Writer, as_document
+from .operations import ShardedOperations
 
 MANIFEST = options.SHARD_MANIFEST
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a child folder: no separator, no '..'
@@ -127,8 +128,9 @@ def merge_add(total: AddResult, part: AddResult) -> None:
     total.passages += part.passages
 
 
-class ShardedIndex:
-    """A sharded index folder. Use :meth:`create`, :meth:`open` or :meth:`build`."""
+class ShardedIndex(ShardedOperations):
+    """A sharded index folder. Use :meth:`create`, :meth:`open` or :meth:`build`; reading back, backup
+    and compaction come from ``ShardedOperations``."""
 
     def __init__(self, path: Path, manifest: ShardManifest, indexes: list[Index]):
         self.path = Path(path)

@@ -42,6 +42,7 @@ from .store import MetadataStore
 FILE_PATTERN = re.compile(r"^vectors-(\d+)\.faiss$")
 DATA_PATTERN = re.compile(r"^vectors-(\d+)" + re.escape(DATA_SUFFIX) + "$")  # an ivf-disk base's lists
 TEMPORARY_GLOB = ".vectors-*.tmp-*"
+BASE_COUNT = "vectors_base_count"  # the live vectors a base held when written (deletes shrink it)
 
 
 def file_name(generation: int) -> str:
@@ -202,7 +203,7 @@ class Generations:
         other vector file."""
         path = self.vectors.save(self.folder / file_name(self.generation))
         with self.store.transaction():
-            self.store.set_info({"vectors_base": self.generation})
+            self.store.set_info({"vectors_base": self.generation, BASE_COUNT: self.vectors.ntotal})
         self.base = self.generation
         self.remove_other_files()
         return path
@@ -246,7 +247,7 @@ class Generations:
         data = None if rebuilt or commit.replaced else commit.delta.encode(self.vectors.dimension)
         if data is None or self._compaction_due(base, generation, len(data)):
             self.vectors.save(self.folder / file_name(generation))
-            self.store.set_info({"vectors_base": generation})
+            self.store.set_info({"vectors_base": generation, BASE_COUNT: self.vectors.ntotal})
             base = generation
         else:
             commit.delta.save(self.folder / delta_name(generation), self.vectors.dimension, data)
@@ -256,8 +257,12 @@ class Generations:
 
     def _compaction_due(self, base: int, generation: int, pending: int) -> bool:
         """True when the deltas since ``base`` (with this one, of ``pending`` bytes) would outgrow
-        ``delta_ratio`` times the base file, or number more than ``MAX_DELTAS``."""
+        ``delta_ratio`` times the base file, or number more than ``MAX_DELTAS``, or when fewer than
+        half the vectors the base held are still live."""
         if generation - base > MAX_DELTAS:
+            return True
+        held = self.store.get_info().get(BASE_COUNT)
+        if held is not None and self.vectors.ntotal * 2 < int(held):  # mostly deleted vectors: give space back
             return True
         size = base_bytes(self.folder, base)
         if size is None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import IndexCorruptError, SemsearchError
 from ..records import Passage
-from . import filters, migrations
+from . import filters, migrations, space
 
 DB_NAME = "semsearch.db"
 NEXT_TABLE = "passages_next"  # filled by a rebuild, swapped in when complete
@@ -75,6 +75,7 @@ class MetadataStore:
             conn.execute("PRAGMA busy_timeout = 30000")
             if new:  # a passage row (1.5 KB vector + text) fits 4 KiB pages badly: a third was slack
                 conn.execute("PRAGMA page_size = 16384")
+            space.configure(conn, new)  # incremental auto-vacuum on a new file, a bounded WAL
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
             store = cls(path, conn)

@@ -35,6 +35,7 @@ from ..model.text import normalize_text
 from ..records import AddResult, DeleteResult, RebuildResult
 from .generations import Generations
 from .lock import WriteLock
+from .space import reclaim
 from .store import MetadataStore
 
 log = logging.getLogger("semsearch")
@@ -224,6 +225,7 @@ class Writer:
         with self.generations.commit() as commit:
             deleted, removed = self.store.delete_documents(wanted)
             commit.remove(removed)
+        reclaim(self.store.conn)  # a large delete gives its pages back and truncates the WAL
         gone = set(deleted)
         return DeleteResult(deleted=deleted, missing=[i for i in wanted if i not in gone])
 
@@ -271,6 +273,7 @@ class Writer:
         except BaseException:
             self.store.drop_next_passages()
             raise
+        reclaim(self.store.conn)  # the old passages' pages
         self.tune_when_due()
         return RebuildResult(documents=n_docs, passages=n_passages, seconds=time.monotonic() - started)
 

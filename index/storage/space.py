@@ -1,0 +1,110 @@
+"""Disk space: deleted rows give their pages back, the WAL stays bounded, ``compact`` on demand.
+
+SQLite keeps the pages of deleted rows in its file (on its free list) for later writes, and a
+large write leaves a write-ahead log as large as what it changed. So:
+
+- a new index database is made with ``auto_vacuum = INCREMENTAL``, and after a write that
+  left many free pages (``FREE_SHARE`` of the file and at least ``FREE_MIN_BYTES``) the writer
+  runs ``incremental_vacuum``, which moves them to the end of the file and truncates it;
+- every connection sets ``journal_size_limit``, and after such a write the writer checkpoints
+  the WAL and truncates it, waiting at most ``CHECKPOINT_WAIT_MS`` for readers (a reader on an
+  older snapshot makes it give up; the limit then truncates the log at its next reset);
+- ``compact`` (``semsearch index compact``) VACUUMs the database under the write lock (readers
+  go on reading their snapshot: VACUUM writes the new pages through the WAL), which also turns
+  a database made before auto-vacuum into an incremental one, and writes a fresh vector base.
+
+The vector files give space back through the base rewrite of ``generations`` (a base holding
+far more vectors than are live is rewritten at the next commit).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+JOURNAL_LIMIT = 64 * 1024 * 1024  # bytes of WAL kept after a checkpoint resets it
+FREE_SHARE = 0.25  # free pages, as a share of the database, that make a writer give them back
+FREE_MIN_BYTES = 4 * 1024 * 1024
+CHECKPOINT_WAIT_MS = 200
+
+
+@dataclass
+class CompactResult:
+    """What ``compact`` did: the folder's bytes before and after, and how long it took."""
+
+    path: str
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+
+
+def configure(conn: sqlite3.Connection, new: bool) -> None:
+    """Connection settings: incremental auto-vacuum on a new database (before its first table),
+    the WAL's size limit on every connection."""
+    if new:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_LIMIT}")
+
+
+def free_bytes(conn: sqlite3.Connection) -> tuple[int, int]:
+    """``(free, total)`` bytes of the database file (its free-list pages, all its pages)."""
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    total = conn.execute("PRAGMA page_count").fetchone()[0]
+    return int(free) * int(page), int(total) * int(page)
+
+
+def reclaim(conn: sqlite3.Connection) -> bool:
+    """After a write (outside any transaction, by the lock holder): give free pages back when
+    there are many and the database allows it, then checkpoint and truncate the WAL. Returns True
+    when pages were given back."""
+    if conn.in_transaction:
+        return False
+    free, total = free_bytes(conn)
+    if free < FREE_MIN_BYTES or free < FREE_SHARE * total:
+        return False
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
+        conn.execute("PRAGMA incremental_vacuum").fetchall()  # runs step by step: read every row
+        truncate_wal(conn)
+        return True
+    truncate_wal(conn)
+    return False
+
+
+def truncate_wal(conn: sqlite3.Connection) -> None:
+    """Checkpoint the WAL into the database and truncate it, unless readers keep it busy beyond a
+    short wait (then ``journal_size_limit`` bounds it at its next reset)."""
+    previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.OperationalError:  # busy: a reader holds an older snapshot
+        pass
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(previous)}")
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the regular files in an index folder, its sub-folders included."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def compact(index: Any, wait: bool | float = False) -> CompactResult:
+    """VACUUM the index database and rewrite its vector base under the write lock; readers go on."""
+    started = time.monotonic()
+    before = folder_bytes(index.path)
+    previous_wait, index.wait = index.wait, wait
+    try:
+        with index.session() as writer:
+            writer.generations.save()  # one base of the live vectors; older files removed
+            conn = writer.store.conn
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
+            conn.execute("VACUUM")
+            truncate_wal(conn)
+    finally:
+        index.wait = previous_wait
+    return CompactResult(path=str(index.path), bytes_before=before, bytes_after=folder_bytes(index.path),
+                         seconds=time.monotonic() - started)
