@@ -380,17 +380,28 @@ def index_add(sources, index_path, batch_size, engine, ray_address, ray_actors, 
 
 
 @index_group.command("delete")
-@click.argument("ids", nargs=-1, required=True)
+@click.argument("ids", nargs=-1)
 @index_option
 @wait_option
-def index_delete(ids, index_path, wait) -> None:
-    """Delete documents by id (from their shards, on a sharded index).
+@click.option("--ids-from", default=None, metavar="FILE", help="Also delete the ids in FILE, one a line (- : standard input).")
+@click.option("--where", multiple=True, metavar="KEY=VALUE", help="Delete every document whose metadata KEY equals VALUE.")
+def index_delete(ids, index_path, wait, ids_from, where) -> None:
+    """Delete documents by id, by a file of ids or by metadata (from their shards, on a sharded index).
 
     \b
     Example:
       semsearch index delete faq12 faq13 --index my-index
+      semsearch index delete --ids-from old-ids.txt --index my-index
     """
-    result = _open_for_writing(index_path, wait=wait).delete(ids)
+    from cli_operate import read_ids
+
+    ids = [*ids, *(read_ids(ids_from) if ids_from else [])]
+    if not ids and not where:
+        raise SemsearchError("give ids to delete, --ids-from FILE or --where KEY=VALUE")
+    if ids and where:
+        raise SemsearchError("give ids or --where, not both")
+    index = _open_for_writing(index_path, wait=wait)
+    result = index.delete_where(_parse_where(where)) if where else index.delete(ids)
     click.echo(f"{index_path}: deleted {len(result.deleted)} document(s)", err=True)
     if result.missing:
         click.echo(f"warning: not in the index: {', '.join(result.missing[:10])}", err=True)
@@ -1038,9 +1049,12 @@ def serve_limit_options(f):
               help="With --engine ray: replicas of each shard's deployment.")
 @click.option("--replica-cpus", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               help="With --engine ray: CPUs Ray reserves for each replica (shards and the query gateway).")
+@click.option("--log-format", type=click.Choice(["none", "text", "json"]), default="none", show_default=True,
+              help="One line per request on standard error (json: route, status, ms, query length, hits).")
+@click.option("--log-queries", is_flag=True, help="Put the query text in the request log (off: only its length).")
 @serve_limit_options
 def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window_ms, batch_max, engine, ray_address,
-          replicas, replica_cpus, allow_host, max_connections, **limit_values) -> None:
+          replicas, replica_cpus, allow_host, max_connections, log_format, log_queries, **limit_values) -> None:
     """Serve an index over HTTP: search, FAQ answers, embeddings, writes, and a search page at /.
 
     The model and the index load once; /health says ready after that. The API
@@ -1085,7 +1099,8 @@ def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window
     limits = Limits(**{name: value for name, value in limit_values.items()})
     app = create_app(Settings(index=Path(index_path), token=token, max_body_bytes=int(max_body_mb * 1024 * 1024),
                               batch_window=batch_window_ms / 1000, batch_max=batch_max, workers=workers,
-                              limits=limits, allowed_hosts=_allowed_hosts(host, allow_host)))
+                              limits=limits, allowed_hosts=_allowed_hosts(host, allow_host),
+                              log_format=log_format, log_queries=log_queries))
     # Bounded connections and slow clients: past max_connections a request gets 503; an idle
     # keep-alive connection is closed after 5 s; headers over h11's 64 KiB are refused.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
@@ -1306,6 +1321,17 @@ def _print_calibration(report, index_path) -> None:
             click.echo(f"  to switch: {alt.command}   (or run this command again with --apply)")
         else:
             click.echo(f"layer {alt.layer} cannot either; its most precise: " + _rates_line(alt.top))
+
+
+def _register_operator_commands() -> None:
+    """get, list, export, backup, restore, compact (cli_operate.py)."""
+    import cli_operate
+
+    cli_operate.register(index_group, index_option=index_option, wait_option=wait_option,
+                         parse_where=_parse_where, open_index=_open_for_writing)
+
+
+_register_operator_commands()
 
 
 def main() -> None:

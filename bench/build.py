@@ -29,6 +29,7 @@ commit, as before deltas, to compare.
 Prints tables and one JSON line.
 
     python bench/build.py --storage 100000 1000000
+    python bench/build.py --delete-cycle 100000
     python bench/build.py --quick
     python bench/build.py --sizes 1000 2000 --types flat hnsw --vectors 100000
 """
@@ -285,6 +286,108 @@ def storage_main(args) -> int:
                       "commit_every": COMMIT_EVERY, "runs": runs}))
     return 0
 
+# --- part 4: space after deletes (--delete-cycle N) ------------------------------------------------
+# In this process, with a fake encoder (one ~550-character passage a document, a seeded 384-d
+# vector): build N, delete 90 % (seeded random ids, one call), delete the rest, add N/10 new ones;
+# after each step the folder's bytes (database, WAL, vector files) against a fresh build of the
+# documents then stored, automatically and after `index compact`.
+WORDS = ("index vector search passage model layer query store write delete space page file "
+         "commit reader writer backup metric latency shard token answer question sentence").split()
+
+
+def cycle_text(i: int) -> str:
+    rng = np.random.default_rng(i)
+    words, n = [], 0
+    while n < 550:
+        w = WORDS[int(rng.integers(len(WORDS)))]
+        words.append(w)
+        n += len(w) + 1
+    return " ".join(words)[:550]
+
+
+def folder_parts(folder: Path) -> dict:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    db = sum(p.stat().st_size for p in files if p.name == DB_NAME)
+    wal = sum(p.stat().st_size for p in files if p.name == DB_NAME + "-wal")
+    vectors = sum(p.stat().st_size for p in files if p.name.startswith("vectors-"))
+    return {"bytes": sum(p.stat().st_size for p in files), "db": db, "wal": wal, "vectors": vectors}
+
+
+def delete_cycle(n: int, work: Path, compact: bool, fresh_sizes: dict | None = None) -> list[dict]:
+    """The cycle's steps with the folder's bytes after each (after ``index compact`` with ``compact``),
+    and, when ``fresh_sizes`` is a dict to fill, a fresh build of each step's documents."""
+    from index import Index
+    from index.ingest.passages import EncodedDocument
+    from index.records import Passage
+
+    class FakeEngine:  # the writer's engine seam: one passage a document, a seeded unit vector
+        def encode_chunks(self, chunks, settings, progress=None):
+            for chunk in chunks:
+                out = {}
+                for doc_id, (text, _meta, _digest) in chunk.to_encode.items():
+                    v = np.random.default_rng(int(doc_id.split("-")[1])).standard_normal((1, DIMENSION))
+                    out[doc_id] = EncodedDocument([Passage(0, 0, len(text), text)],
+                                                  (v / np.linalg.norm(v)).astype(np.float32))
+                yield chunk, out
+
+    def add(index, ids):
+        with index.writer(FakeEngine()) as w:
+            w.add({"id": f"doc-{i}", "text": cycle_text(i)} for i in ids)
+
+    def step(name, index, ids) -> dict:
+        if compact:
+            index.compact()
+        row = {"step": name, "documents": len(ids), **folder_parts(index.path)}
+        if fresh_sizes is not None and ids:
+            folder = work / f"fresh-{len(fresh_sizes)}"
+            built = Index.create(folder)
+            add(built, ids)
+            built.close()
+            fresh_sizes[name] = folder_parts(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+        return row
+
+    rows = []
+    index = Index.create(work / ("cycle-compacted" if compact else "cycle"))
+    everything = list(range(n))
+    add(index, everything)
+    rows.append(step(f"build {n}", index, everything))
+    gone = sorted(np.random.default_rng(0).choice(n, size=n * 9 // 10, replace=False).tolist())
+    index.delete(f"doc-{i}" for i in gone)
+    left = sorted(set(everything) - set(gone))
+    rows.append(step("delete 90 %", index, left))
+    index.delete(f"doc-{i}" for i in left)
+    rows.append(step("delete the rest", index, []))
+    new = list(range(n, n + n // 10))
+    add(index, new)
+    rows.append(step(f"add {n // 10} new", index, new))
+    index.close()
+    shutil.rmtree(index.path, ignore_errors=True)
+    return rows
+
+
+def delete_cycle_main(args) -> int:
+    n = 2_000 if args.quick else args.delete_cycle
+    fresh: dict = {}
+    with tempfile.TemporaryDirectory(prefix="semsearch-bench-space-", dir=args.workdir) as tmp:
+        auto = delete_cycle(n, Path(tmp), compact=False, fresh_sizes=fresh)
+        compacted = delete_cycle(n, Path(tmp), compact=True)
+    mib = 2 ** 20
+    print(f"machine: {cpu_line()}")
+    print("part 4: space after deletes, fake encoder (one ~550-character passage a document, 384-d), flat index")
+    print(f"{'step':<16} {'docs':>7} {'fresh MiB':>10} {'automatic MiB (db/wal/vectors)':>34} {'x fresh':>8} "
+          f"{'after compact MiB':>18} {'x fresh':>8}")
+    for a, c in zip(auto, compacted):
+        f = fresh.get(a["step"])
+        a["fresh"], c["fresh"] = f, f
+        ratio = (lambda r: f"{r['bytes'] / f['bytes']:.2f}" if f else "-")
+        detail = f"{a['bytes'] / mib:.1f} ({a['db'] / mib:.1f}/{a['wal'] / mib:.1f}/{a['vectors'] / mib:.1f})"
+        print(f"{a['step']:<16} {a['documents']:>7} {(f['bytes'] / mib if f else 0):>10.1f} {detail:>34} "
+              f"{ratio(a):>8} {c['bytes'] / mib:>18.1f} {ratio(c):>8}")
+    print(json.dumps({"benchmark": "build-delete-cycle", **cpu_info(), "documents": n, "automatic": auto,
+                      "compacted": compacted}))
+    return 0
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -301,7 +404,12 @@ def main() -> int:
                         help="part 3 with a new base file at every commit (the protocol before deltas), to compare")
     parser.add_argument("--adds", type=int, default=20, help="part 3: single-document adds to time")
     parser.add_argument("--workdir", default=None, help="part 3: where to build (default: the temporary folder)")
+    parser.add_argument("--delete-cycle", type=int, nargs="?", const=100_000, default=None, metavar="N",
+                        help="run part 4 only: space after building N (default 100000; --quick 2000), deleting "
+                             "90 %%, deleting the rest and adding N/10")
     args = parser.parse_args()
+    if args.delete_cycle:
+        return delete_cycle_main(args)
     if args.storage:
         return storage_main(args)
     corpus = args.data / SCIFACT

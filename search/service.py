@@ -39,11 +39,14 @@ from index.errors import IndexLockedError, IndexReplacedError, SemsearchError
 from index.indexer import Index
 
 from . import api_models as m
+from . import documents_api
 from . import limits as bounds
 from .batching import MicroBatcher, QueueFull
 from .faq import FAQ
 from .http import BodyLimit, ServiceError, install_error_handlers, parse_where, until_disconnected
 from .limits import Limits, TooMuch
+from .metrics import Metrics
+from .observe import Observe, note
 from .searcher import Searcher, SearchRequest
 
 log = logging.getLogger("semsearch")
@@ -63,6 +66,8 @@ class Settings:
     workers: int = 1
     limits: Limits = field(default_factory=Limits)
     allowed_hosts: list[str] | None = None  # Host headers answered (None: any)
+    log_format: str = "none"  # one line per request: none, text or json (observe.py)
+    log_queries: bool = False  # put the query text in that line
 
 
 @dataclass
@@ -118,6 +123,7 @@ def make_runner(index_path: Path):
 
 def create_app(settings: Settings) -> FastAPI:
     state = State()
+    metrics = Metrics(settings.index)
 
     async def load() -> None:
         loop = asyncio.get_running_loop()
@@ -129,6 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
                 log.error("the index could not be loaded", exc_info=exc)
             state.error = str(exc) if isinstance(exc, SemsearchError) else f"{type(exc).__name__}"
             return
+        runners = [metrics.runner(run) for run in runners]  # batch sizes and model calls (metrics.py)
         state.batcher = MicroBatcher(runners, window=settings.batch_window, max_items=settings.batch_max,
                                      max_queue=settings.limits.max_queue)
         state.batcher.start()
@@ -152,6 +159,13 @@ def create_app(settings: Settings) -> FastAPI:
     limits = settings.limits
 
     install_error_handlers(app)
+    app.add_middleware(Observe, metrics=metrics, routes=app.router.routes, log_format=settings.log_format,
+                       log_queries=settings.log_queries)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text():
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     def ready() -> MicroBatcher:
         if state.error:
@@ -215,6 +229,7 @@ def create_app(settings: Settings) -> FastAPI:
         """The k documents that mean the most the same as q."""
         bounds.check_queries([q], k, limits)
         outcome = await submit(ready(), Work("search", SearchRequest(q, k, parse_where(where))))
+        note(query_chars=len(q), hits=len(outcome.hits or []), query=q)
         if outcome.error:
             raise ServiceError(400, outcome.error)
         return bounded_json(bounds.trim_hits(outcome.as_dict(), limits.hit_text_chars, full_text))
@@ -227,6 +242,8 @@ def create_app(settings: Settings) -> FastAPI:
         make_room(batcher, len(body.queries))
         outcomes = await until_disconnected(request, asyncio.gather(
             *(submit(batcher, Work("search", SearchRequest(q, body.k, body.where))) for q in body.queries)))
+        note(queries=len(body.queries), query_chars=sum(map(len, body.queries)),
+             hits=sum(len(o.hits or []) for o in outcomes), queries_text=body.queries)
         return bounded_json({"results": [bounds.trim_hits(o.as_dict(), limits.hit_text_chars, body.full_text)
                                          for o in outcomes]})
 
@@ -235,6 +252,7 @@ def create_app(settings: Settings) -> FastAPI:
         """The FAQ entry that answers the question, or not confident with the closest entries."""
         bounds.check_chars(body.question, limits.max_query_chars, "the question", "--max-query-chars")
         reply = await submit(ready(), Work("faq", body.question))
+        note(query_chars=len(body.question), query=body.question)
         if getattr(reply, "error", None):
             raise ServiceError(400, reply.error)
         return reply.as_dict()
@@ -265,12 +283,13 @@ def create_app(settings: Settings) -> FastAPI:
         return described if authorized(authorization) else bounds.public_info(described, settings.index)
 
     # --- writing ---------------------------------------------------------------------------
-    async def write(job):
+    async def write(job, kind: str):
         ready()
         async with state.write_lock:
             for attempt in (1, 2):
                 try:
-                    return await asyncio.get_running_loop().run_in_executor(state.writer, job)
+                    with metrics.write(kind):
+                        return await asyncio.get_running_loop().run_in_executor(state.writer, job)
                 except IndexReplacedError as exc:  # build --force swapped the folder: the new index takes it
                     if attempt == 2:
                         raise ServiceError(409, str(exc)) from None
@@ -295,7 +314,7 @@ def create_app(settings: Settings) -> FastAPI:
                     "metadata_updated": result.metadata_updated, "skipped_empty": result.skipped_empty,
                     "duplicates": result.duplicates, "passages": result.passages}
 
-        return await write(job)
+        return await write(job, "add")
 
     @app.delete("/documents/{doc_id:path}", response_model=m.DeleteReply, tags=["index"],
                 dependencies=[Depends(writes_allowed)],
@@ -308,10 +327,12 @@ def create_app(settings: Settings) -> FastAPI:
             with Index.open(settings.index, wait=WRITE_WAIT_S) as index:
                 return index.delete([doc_id])
 
-        result = await write(job)
+        result = await write(job, "delete")
         if not result.deleted:
             raise ServiceError(404, f"no document {doc_id!r} in the index")
         return {"deleted": result.deleted[0]}
+
+    documents_api.add_routes(app, settings.index)  # GET /documents/{id}, GET /documents
 
     # --- the page ----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

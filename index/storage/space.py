@@ -6,8 +6,8 @@ large write leaves a write-ahead log as large as what it changed. So:
 - a new index database is made with ``auto_vacuum = INCREMENTAL``, and after a write that
   left many free pages (``FREE_SHARE`` of the file and at least ``FREE_MIN_BYTES``) the writer
   runs ``incremental_vacuum``, which moves them to the end of the file and truncates it;
-- every connection sets ``journal_size_limit``, and after such a write the writer checkpoints
-  the WAL and truncates it, waiting at most ``CHECKPOINT_WAIT_MS`` for readers (a reader on an
+- every connection sets ``journal_size_limit``, and after such a write, or any write that left a
+  WAL over ``WAL_BOUND``, the writer checkpoints the WAL and truncates it, waiting at most ``CHECKPOINT_WAIT_MS`` for readers (a reader on an
   older snapshot makes it give up; the limit then truncates the log at its next reset);
 - ``compact`` (``semsearch index compact``) VACUUMs the database under the write lock (readers
   go on reading their snapshot: VACUUM writes the new pages through the WAL), which also turns
@@ -27,7 +27,8 @@ from typing import Any
 
 JOURNAL_LIMIT = 64 * 1024 * 1024  # bytes of WAL kept after a checkpoint resets it
 FREE_SHARE = 0.25  # free pages, as a share of the database, that make a writer give them back
-FREE_MIN_BYTES = 4 * 1024 * 1024
+FREE_MIN_BYTES = 256 * 1024
+WAL_BOUND = 4 * 1024 * 1024  # a WAL larger than this after a write is checkpointed and truncated
 CHECKPOINT_WAIT_MS = 200
 
 
@@ -49,6 +50,15 @@ def configure(conn: sqlite3.Connection, new: bool) -> None:
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_LIMIT}")
 
 
+def wal_bytes(conn: sqlite3.Connection) -> int:
+    """The size of the database's write-ahead log file (0 when there is none)."""
+    name = conn.execute("PRAGMA database_list").fetchone()[2]
+    try:
+        return Path(name + "-wal").stat().st_size
+    except OSError:
+        return 0
+
+
 def free_bytes(conn: sqlite3.Connection) -> tuple[int, int]:
     """``(free, total)`` bytes of the database file (its free-list pages, all its pages)."""
     page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -65,13 +75,33 @@ def reclaim(conn: sqlite3.Connection) -> bool:
         return False
     free, total = free_bytes(conn)
     if free < FREE_MIN_BYTES or free < FREE_SHARE * total:
+        if wal_bytes(conn) > WAL_BOUND:
+            truncate_wal(conn)
         return False
     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL
-        conn.execute("PRAGMA incremental_vacuum").fetchall()  # runs step by step: read every row
+        incremental_vacuum(conn)
         truncate_wal(conn)
         return True
     truncate_wal(conn)
     return False
+
+
+def incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """Give every free page back, in one transaction (from Python each run of the pragma frees
+    one page, so it is repeated while the free list shrinks)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        while free:
+            conn.execute("PRAGMA incremental_vacuum").fetchall()
+            left = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if left >= free:
+                break
+            free = left
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def truncate_wal(conn: sqlite3.Connection) -> None:

@@ -119,6 +119,7 @@ class Writer:
                                                progress)) as encoded_chunks:
             for chunk, encoded in encoded_chunks:
                 self._add_chunk(chunk, encoded, result, on_commit)
+        reclaim(self.store.conn)  # a WAL grown past its bound is checkpointed and truncated
         self.tune_when_due()
         return result
 
