@@ -37,12 +37,13 @@ def note(**fields: Any) -> None:
 
 def request_logger(stream=None) -> logging.Logger:
     """The request log: one line per record on standard error (or ``stream``), not propagated."""
-    if not access.handlers:
+    if not getattr(access, "semsearch_configured", False):
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+        access.semsearch_configured = True
     return access
 
 
