@@ -12,8 +12,9 @@ stored ones on first open (``generations``), which loses nothing. A BM25 folder 
 generation (hybrid indexes) is copied when present; without it the copy builds one when needed.
 
 The copy is made in a hidden staging folder next to the destination and renamed into place,
-so a destination never holds half a backup. Restoring is ``semsearch index restore`` (or the
-same copy with ``backup``'s own steps the other way): the backup folder is an ordinary index.
+so a destination never holds half a backup. The backup folder is an ordinary index; ``restore``
+(``semsearch index restore``) copies it the same way and swaps it in place of an index as
+``index build --force`` does.
 """
 
 from __future__ import annotations
