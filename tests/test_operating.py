@@ -132,16 +132,18 @@ def test_cli_get_list_and_delete_by_file_stdin_and_filter(tmp_path, tiny_model):
 
 
 WRITER = """
-import sys
+import os, sys
 sys.path.insert(0, sys.argv[1])
 import index.options as options
 options.DEFAULT_PRECISION, options.DEFAULT_BACKEND = "fp32", "torch"
 from index import Index
 index = Index.open(sys.argv[2], wait=True)
-for round in range(int(sys.argv[3])):
+for round in range(int(sys.argv[3])):  # bounded, and stopped early by the test's stop file
     index.add([{"id": f"w{round}-{i}", "text": f"written in round {round}, number {i}"} for i in range(4)])
     index.delete([f"w{round - 1}-0", f"w{round - 1}-1"])
     print(round, flush=True)
+    if os.path.exists(sys.argv[4]):
+        break
 """
 
 
@@ -157,18 +159,24 @@ def check_copy(folder: Path, generation: int) -> None:
 
 def test_a_backup_taken_while_a_writer_commits_is_one_whole_generation(tmp_path, tiny_model):
     index, _ = Index.build(tmp_path / "ix", corpus(), model=tiny_model)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), str(tmp_path / "ix"), "12"],
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), str(tmp_path / "ix"), "300", str(stop)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     generations = set()
     try:
-        for n in range(8):  # bounded: eight backups, whatever the writer's pace
+        assert writer.stdout.readline().strip() == "0"  # the writer is committing from here on
+        for n in range(30):  # bounded: until six generations were caught, at most 30 backups
             result = index.backup(tmp_path / f"backup-{n}")
             assert result.vectors_copied
             generations.add(result.generation)
             check_copy(tmp_path / f"backup-{n}", result.generation)
+            if len(generations) >= 6 or writer.poll() is not None:
+                break
     finally:
+        stop.touch()
         out, err = writer.communicate(timeout=600)
     assert writer.returncode == 0, err[-2000:]
+    assert len(generations) >= 2, generations  # the backups did overlap the writer's commits
     final = index.backup(tmp_path / "backup-final")
     check_copy(tmp_path / "backup-final", final.generation)
     with Index.open(tmp_path / "backup-final") as copy:
@@ -345,3 +353,22 @@ def test_the_json_request_log_has_no_query_text_unless_asked(server):
         assert any(json.loads(line).get("query") == "confidential words" for line in keep.lines)
     finally:
         access.removeHandler(keep)
+
+
+def test_a_sharded_index_deletes_by_file_and_filter_and_backs_up(tmp_path, tiny_model):
+    ShardedIndex.build(tmp_path / "sh", corpus(), shards=3, model=tiny_model)[0].close()
+    runner = CliRunner()
+    at = ["--index", str(tmp_path / "sh")]
+    done = runner.invoke(cli, ["index", "delete", "--ids-from", "-", *at], input="doc-000\ndoc-001\n")
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(cli, ["index", "delete", "--where", "topic=wood", *at])
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(cli, ["index", "backup", str(tmp_path / "sh-backup"), *at])
+    assert done.exit_code == 0, done.output
+    expected = [d["id"] for d in corpus() if d["metadata"]["topic"] != "wood" and d["id"] not in ("doc-000", "doc-001")]
+    with ShardedIndex.open(tmp_path / "sh") as sharded, ShardedIndex.open(tmp_path / "sh-backup") as copy:
+        assert [d.id for d in sharded.documents()] == expected
+        assert stored(copy.documents()) == stored(sharded.documents())
+        assert all(shard.check(sample=2).ok for shard in copy.indexes)
+    listed = runner.invoke(cli, ["index", "list", "--limit", "2", "--offset", "1", *at])
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == expected[1:3]
