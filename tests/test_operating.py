@@ -372,3 +372,26 @@ def test_a_sharded_index_deletes_by_file_and_filter_and_backs_up(tmp_path, tiny_
         assert all(shard.check(sample=2).ok for shard in copy.indexes)
     listed = runner.invoke(cli, ["index", "list", "--limit", "2", "--offset", "1", *at])
     assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == expected[1:3]
+
+
+def test_documents_stream_in_memory_that_does_not_grow_with_the_index(tmp_path, tiny_model):
+    """Index.documents holds one batch: the peak traced memory of reading 30,000 documents is about
+    that of reading 3,000 (a list of them all would be ten times larger)."""
+    import tracemalloc
+
+    def peak_reading(n: int) -> int:
+        index = Index.create(tmp_path / f"ix-{n}", model=tiny_model)
+        dimension = int(index.config["dimension"])
+        vectors = np.random.default_rng(0).standard_normal((n, dimension)).astype(np.float32)
+        with index.store.transaction():
+            index.store.insert_vector_documents(1, vectors, prefix="doc-")
+        tracemalloc.start()
+        count = sum(1 for _ in index.documents())
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        index.close()
+        assert count == n
+        return peak
+
+    small, large = peak_reading(3_000), peak_reading(30_000)
+    assert large < 2 * small, (small, large)

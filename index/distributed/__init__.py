@@ -2,7 +2,8 @@
 
 Owns: ``ray_engine`` (an encoding engine on a Ray actor pool, the ``ray``
 extra), ``shards`` (``ShardedIndex``: documents routed by id to several plain
-indexes) and ``split`` (one index cut into shards without re-encoding).
+indexes), ``split`` (one index cut into shards without re-encoding) and
+``operations`` (reading back, deleting by filter, backup and compaction over shards).
 
 May import: anything in ``index`` (it builds on ``indexer.Index``); nothing
 else in ``index`` imports it (``search`` and the CLI do).

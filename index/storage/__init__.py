@@ -5,7 +5,10 @@ Owns: ``folder`` (made aside and renamed into place, swapped, recovered),
 ``lock`` (the single writer), ``generations`` + ``deltas`` (which FAISS base and
 delta files belong to a committed generation), ``snapshot`` (what a reader
 sees of one generation), ``writer`` (add, delete, rebuild under the lock, in
-commit-sized transactions) and ``check`` (verify and repair).
+commit-sized transactions), ``check`` (verify and repair), and the operator's side:
+``listing`` (documents read back), ``backup`` (one committed generation copied, restore),
+``space`` (space given back after deletes, the WAL's bound, compact) and ``operations`` (a base
+of ``Index`` that offers them).
 
 May import: the foundation modules of ``index``, ``index.model``,
 ``index.ann`` and ``index.ingest``; never ``indexer``, ``lexical`` or
