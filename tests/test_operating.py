@@ -395,3 +395,24 @@ def test_documents_stream_in_memory_that_does_not_grow_with_the_index(tmp_path, 
 
     small, large = peak_reading(3_000), peak_reading(30_000)
     assert large < 2 * small, (small, large)
+
+
+def test_compact_runs_while_a_reader_holds_a_snapshot(tmp_path, tiny_model, monkeypatch):
+    from search import Searcher
+
+    monkeypatch.setattr(space, "COMPACT_WAL_WAIT_S", 0.2)  # this reader keeps its snapshot throughout
+    writer, _ = Index.build(tmp_path / "ix", corpus(), model=tiny_model)
+    writer.delete([f"doc-{i:03d}" for i in range(20)])
+    reader = Index.open(tmp_path / "ix")
+    before = [h.id for h in Searcher(reader).search("rivers", k=3)]
+    with reader.snapshot() as snap:
+        seen = snap.documents(["doc-025"])
+        result = writer.compact()  # VACUUM under the write lock, this reader's snapshot open
+        assert snap.documents(["doc-025"]) == seen
+    assert result.bytes_after > 0
+    again = writer.compact()  # no reader on an old snapshot now: the WAL is truncated
+    assert again.bytes_after < result.bytes_before and not Path(f"{writer.path}/semsearch.db-wal").stat().st_size
+    assert [h.id for h in Searcher(reader).search("rivers", k=3)] == before
+    assert reader.check(sample=3).ok
+    reader.close()
+    writer.close()

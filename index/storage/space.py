@@ -7,10 +7,12 @@ large write leaves a write-ahead log as large as what it changed. So:
   left many free pages (``FREE_SHARE`` of the file and at least ``FREE_MIN_BYTES``) the writer
   runs ``incremental_vacuum``, which moves them to the end of the file and truncates it;
 - every connection sets ``journal_size_limit``, and after such a write, or any write that left a
-  WAL over ``WAL_BOUND``, the writer checkpoints the WAL and truncates it, waiting at most ``CHECKPOINT_WAIT_MS`` for readers (a reader on an
-  older snapshot makes it give up; the limit then truncates the log at its next reset);
+  WAL over ``WAL_BOUND``, the writer checkpoints the WAL and truncates it without waiting for
+  readers (``CHECKPOINT_WAIT_MS``: a reader on an older snapshot makes it give up, and
+  ``journal_size_limit`` truncates the log at its next reset instead);
 - ``compact`` (``semsearch index compact``) VACUUMs the database under the write lock (readers
-  go on reading their snapshot: VACUUM writes the new pages through the WAL), which also turns
+  go on reading their snapshot: VACUUM writes the new pages through the WAL, which is truncated
+  once no reader is on an older snapshot, waiting up to ``COMPACT_WAL_WAIT_S``), which also turns
   a database made before auto-vacuum into an incremental one, and writes a fresh vector base.
 
 The vector files give space back through the base rewrite of ``generations`` (a base holding
@@ -29,7 +31,8 @@ JOURNAL_LIMIT = 64 * 1024 * 1024  # bytes of WAL kept after a checkpoint resets 
 FREE_SHARE = 0.25  # free pages, as a share of the database, that make a writer give them back
 FREE_MIN_BYTES = 256 * 1024
 WAL_BOUND = 4 * 1024 * 1024  # a WAL larger than this after a write is checkpointed and truncated
-CHECKPOINT_WAIT_MS = 200
+CHECKPOINT_WAIT_MS = 0  # a writer never waits for readers to truncate the WAL (compact retries)
+COMPACT_WAL_WAIT_S = 10.0  # how long compact retries truncating the WAL while readers finish their snapshots
 
 
 @dataclass
@@ -104,17 +107,18 @@ def incremental_vacuum(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
-def truncate_wal(conn: sqlite3.Connection) -> None:
+def truncate_wal(conn: sqlite3.Connection) -> bool:
     """Checkpoint the WAL into the database and truncate it, unless readers keep it busy beyond a
-    short wait (then ``journal_size_limit`` bounds it at its next reset)."""
+    short wait (then ``journal_size_limit`` bounds it at its next reset); True when it was."""
     previous = conn.execute("PRAGMA busy_timeout").fetchone()[0]
     conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
     try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     except sqlite3.OperationalError:  # busy: a reader holds an older snapshot
-        pass
+        busy = 1
     finally:
         conn.execute(f"PRAGMA busy_timeout = {int(previous)}")
+    return not busy
 
 
 def folder_bytes(path: Path) -> int:
@@ -133,7 +137,11 @@ def compact(index: Any, wait: bool | float = False) -> CompactResult:
             conn = writer.store.conn
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
             conn.execute("VACUUM")
-            truncate_wal(conn)
+            # The VACUUMed pages are in the WAL until readers on older snapshots (each request's
+            # short read) move on; retry for a while, else the next checkpoint gives them back.
+            until = time.monotonic() + COMPACT_WAL_WAIT_S
+            while not truncate_wal(conn) and time.monotonic() < until:
+                time.sleep(0.05)
     finally:
         index.wait = previous_wait
     return CompactResult(path=str(index.path), bytes_before=before, bytes_after=folder_bytes(index.path),
