@@ -416,3 +416,12 @@ def test_compact_runs_while_a_reader_holds_a_snapshot(tmp_path, tiny_model, monk
     assert reader.check(sample=3).ok
     reader.close()
     writer.close()
+
+
+@pytest.mark.parametrize("kind", ["plain", "sharded"])
+def test_bad_paging_is_refused_at_the_call(indexes, kind):
+    from index.errors import SemsearchError
+
+    for bad in ({"offset": 1, "after": "doc-001"}, {"limit": -1}, {"offset": -2}):
+        with pytest.raises(SemsearchError):
+            indexes[kind].documents(**bad)

@@ -47,6 +47,9 @@ class ShardedOperations:
                   after: str | None = None, vectors: bool = False) -> Iterator[StoredDocument]:
         """Stored documents of every shard in id order, paged as ``Index.documents`` pages them."""
         check_paging(limit, offset, after)
+        return self._merged(where, limit, offset, after, vectors)
+
+    def _merged(self, where, limit, offset, after, vectors) -> Iterator[StoredDocument]:
         streams = [index.documents(where=where, after=after, vectors=vectors) for index in self.indexes]
         try:
             merged = heapq.merge(*streams, key=lambda d: d.id)

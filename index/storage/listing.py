@@ -92,8 +92,14 @@ def documents(folder: Path, where: Mapping[str, Any] | None = None, limit: int |
               batch: int = BATCH) -> Iterator[StoredDocument]:
     """Stored documents in id order: those whose metadata matches ``where`` (the search filter),
     skipping ``offset`` of them or starting after the id ``after``, at most ``limit``. A generator
-    over one read snapshot; close it (or run it out) to end the read."""
+    over one read snapshot; close it (or run it out) to end the read. Bad paging is refused at
+    once, before any read."""
     check_paging(limit, offset, after)
+    return _stream(Path(folder), where, limit, offset, after, vectors, batch)
+
+
+def _stream(folder: Path, where: Mapping[str, Any] | None, limit: int | None, offset: int,
+            after: str | None, vectors: bool, batch: int) -> Iterator[StoredDocument]:
     if limit == 0:
         return
     with reading(folder) as conn:
