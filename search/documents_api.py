@@ -3,14 +3,16 @@
 Both read the index folder through ``Index.get``/``Index.documents`` (``index.storage.listing``:
 a read connection of their own, one committed snapshot), on the default thread pool, so they
 neither wait for the model nor disturb the workers' snapshots. A page holds at most
-``MAX_PAGE`` documents; ``next_after`` is the id to pass as ``after`` for the next page (None at
-the end). Like search results, reading needs no token.
+``MAX_PAGE`` documents, and a response over ``--max-response-bytes`` is refused (413: ask for a
+smaller page); ``next_after`` is the id to pass as ``after`` for the next page (None at the end).
+Like search results, reading needs no token.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any, Callable
 
 from fastapi import FastAPI, Query
 
@@ -23,8 +25,9 @@ from .http import ServiceError, parse_where
 MAX_PAGE = 1000
 
 
-def add_routes(app: FastAPI, folder: Path) -> None:
-    """Add the two GET routes for the index at ``folder``."""
+def add_routes(app: FastAPI, folder: Path, respond: Callable[[Any], Any]) -> None:
+    """Add the two GET routes for the index at ``folder``; ``respond`` makes the JSON response
+    (the service's, which refuses one over ``--max-response-bytes`` with 413)."""
 
     def run(work):
         try:
@@ -39,7 +42,7 @@ def add_routes(app: FastAPI, folder: Path) -> None:
         found = await asyncio.get_running_loop().run_in_executor(None, run, lambda ix: ix.get([doc_id]))
         if not found:
             raise ServiceError(404, f"no document {doc_id!r} in the index")
-        return found[0].as_dict()
+        return respond(found[0].as_dict())
 
     @app.get("/documents", tags=["index"], responses=m.ERRORS)
     async def list_documents(
@@ -53,4 +56,4 @@ def add_routes(app: FastAPI, folder: Path) -> None:
         docs = await asyncio.get_running_loop().run_in_executor(None, run, lambda ix: list(
             ix.documents(where=filters, limit=limit, offset=offset, after=after)))
         next_after = docs[-1].id if docs and len(docs) == limit else None
-        return {"documents": [d.as_dict() for d in docs], "next_after": next_after}
+        return respond({"documents": [d.as_dict() for d in docs], "next_after": next_after})

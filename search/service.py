@@ -332,7 +332,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise ServiceError(404, f"no document {doc_id!r} in the index")
         return {"deleted": result.deleted[0]}
 
-    documents_api.add_routes(app, settings.index)  # GET /documents/{id}, GET /documents
+    documents_api.add_routes(app, settings.index, bounded_json)  # GET /documents/{id}, GET /documents
 
     # --- the page ----------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)

@@ -425,3 +425,16 @@ def test_bad_paging_is_refused_at_the_call(indexes, kind):
     for bad in ({"offset": 1, "after": "doc-001"}, {"limit": -1}, {"offset": -2}):
         with pytest.raises(SemsearchError):
             indexes[kind].documents(**bad)
+
+
+def test_a_page_of_documents_is_bounded_like_any_response(server):
+    import httpx
+
+    from search.limits import Limits
+
+    url = server(limits=Limits(max_response_bytes=2_000))
+    assert httpx.get(f"{url}/documents", params={"limit": 3}).status_code == 200
+    too_big = httpx.get(f"{url}/documents", params={"limit": 30})
+    assert too_big.status_code == 413 and "error" in too_big.json()
+    assert httpx.get(f"{url}/documents", params={"limit": 1001}).status_code == 422
+    assert httpx.get(f"{url}/documents", params={"offset": 1, "after": "doc-001"}).status_code == 400
