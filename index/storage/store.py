@@ -7,8 +7,9 @@ and the FAISS file is named after the generation it matches, so a FAISS file
 that lags the database is detected, never silently served.
 
 Every SQL statement of the package lives here (the schema itself in
-``migrations.py``, metadata filters in ``filters.py``), each behind a named
-method. Opened in WAL mode with a busy
+``migrations.py``, metadata filters in ``filters.py``; the operator's reads,
+backups and space pragmas in ``listing.py``, ``backup.py`` and ``space.py``),
+each behind a named method. Opened in WAL mode with a busy
 timeout: readers see the last committed state while a writer works.
 """
 
