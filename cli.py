@@ -393,7 +393,7 @@ def index_delete(ids, index_path, wait, ids_from, where) -> None:
       semsearch index delete faq12 faq13 --index my-index
       semsearch index delete --ids-from old-ids.txt --index my-index
     """
-    from cli_operate import read_ids
+    from search.cli_operate import read_ids
 
     ids = [*ids, *(read_ids(ids_from) if ids_from else [])]
     if not ids and not where:
@@ -1324,8 +1324,8 @@ def _print_calibration(report, index_path) -> None:
 
 
 def _register_operator_commands() -> None:
-    """get, list, export, backup, restore, compact (cli_operate.py)."""
-    import cli_operate
+    """get, list, export, backup, restore, compact (search/cli_operate.py)."""
+    from search import cli_operate
 
     cli_operate.register(index_group, index_option=index_option, wait_option=wait_option,
                          parse_where=_parse_where, open_index=_open_for_writing)
