@@ -24,7 +24,7 @@ from .ingest.engines import Engine
 from .lexical import bm25
 from .model.config import EncoderConfig, resolve_model
 from .model.encoder import Encoder
-from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
+from .records import AddResult, DeleteResult, IndexInfo, RebuildResult, recorded_runs
 from .storage import folder
 from .storage.check import CheckReport, RepairReport, check_index, repair_index
 from .storage.generations import Generations, file_name
@@ -39,7 +39,7 @@ __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
-    "keep_hangul", "target_recall", "search_tuning", "vectors_base", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
+    "keep_hangul", "bulk_backend", "query_backend", "query_precision", "target_recall", "search_tuning", "vectors_base", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
     "created_at", "updated_at",
 })
 
@@ -285,6 +285,7 @@ class Index:
                 schema_version=SCHEMA_VERSION, generation=snap.generation, documents=docs, passages=passages,
                 vectors=snap.vectors.ntotal, complete=bool(cfg.get("complete", True)),
                 created_at=cfg["created_at"], updated_at=cfg["updated_at"], hybrid=bool(cfg.get(bm25.SETTING, False)),
+                bulk=recorded_runs(cfg)[0], query=recorded_runs(cfg)[1],
             )
 
     def tune(self, target_recall: float | None = None):
