@@ -157,8 +157,8 @@ def model_options(default_layer: int | None = options.DEFAULT_LAYER):
     def decorate(f):
         f = keep_hangul_option(f)
         f = click.option("--backend", type=click.Choice(options.BACKENDS), default=None,
-                         help="Inference backend (default auto: whichever of ONNX Runtime and PyTorch is faster "
-                              "for this model on this machine, measured once and cached).")(f)
+                         help="Inference backend (default auto: by CPU, confirmed by a measurement cached per model "
+                              "and machine; batches and single queries may run on different ones: see semsearch doctor).")(f)
         f = click.option("--precision", type=click.Choice(options.PRECISIONS), default=None,
                          help="Arithmetic for encoding (default auto: bf16 on CPUs with bf16 instructions, fp16 on "
                               "CUDA, when a probe shows vectors within cosine 0.999 of fp32; else fp32). "
