@@ -244,3 +244,22 @@ def test_on_the_embedded_model_auto_bulk_and_queries_agree_within_the_tolerance(
     alone = np.stack([enc.encode([t], warn=False)[0] for t in texts])
     cosine = float((together * alone).sum(axis=1).min())
     assert cosine >= policy.MIN_PROBE_COSINE, (enc.backend, enc.precision, enc.query_backend, cosine)
+
+
+def test_doctor_times_every_candidate_and_says_why(tiny_model, isolated_cache):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["doctor", "--model", tiny_model, "--precision", "fp32", "--rounds", "1",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["available"] == [rules.TORCH_FP32, rules.ONNX_FP32]
+    assert [s["name"] for s in report["speeds"]] == report["available"]
+    assert all(s["long_texts_per_s"] > 0 and s["query_ms"] > 0 for s in report["speeds"])
+    assert report["bulk"] in report["available"] and report["query"] == rules.ONNX_FP32
+    assert report["bulk_reason"] and report["query_reason"]
+    assert report["cached"] is None  # doctor measures, it does not store
+    text = CliRunner().invoke(cli, ["doctor", "--model", tiny_model, "--precision", "fp32", "--rounds", "1"])
+    assert text.exit_code == 0 and "bulk:" in text.output and "query: onnx fp32" in text.output
