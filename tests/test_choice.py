@@ -263,3 +263,12 @@ def test_doctor_times_every_candidate_and_says_why(tiny_model, isolated_cache):
     assert report["cached"] is None  # doctor measures, it does not store
     text = CliRunner().invoke(cli, ["doctor", "--model", tiny_model, "--precision", "fp32", "--rounds", "1"])
     assert text.exit_code == 0 and "bulk:" in text.output and "query: onnx fp32" in text.output
+
+
+def test_bf16_as_asked_or_recorded_needs_no_measurement_and_answers_queries_on_the_graph(
+        tiny_model, isolated_cache, monkeypatch):
+    monkeypatch.setattr(auto, "measure", lambda *a, **k: pytest.fail("measured"))
+    enc = Encoder.load(tiny_model, precision="bf16", backend="auto")
+    assert (enc.backend, enc.precision, enc.query_backend, enc.query_precision) == ("torch", "bf16", "onnx", "fp32")
+    assert enc.runner_for(1).backend == "onnx" and enc.runner_for(QUERY_TEXTS + 1).precision == "bf16"
+    assert enc.describe()["precision"] == "bf16"  # what an index records: its stored vectors' precision

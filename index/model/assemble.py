@@ -87,16 +87,17 @@ def automatic(make: Make, request: EncoderConfig, name: str, path: str, precisio
     facts = ModelFacts.read(path)
     if facts is None or not facts.plain_bert:
         return torch_encoder(make, request, name, path, precision, batch_size, "cpu")
-    return auto.load(request, path, builder(make, request, name, path, batch_size),
+    return auto.load(request, path, builder(make, request, name, path, batch_size, expect),
                      lambda fingerprint: refuse_changed(name, fingerprint, expect))
 
 
-def builder(make: Make, request: EncoderConfig, name: str, path: str, batch_size: int):
-    """``auto.Build``: the encoder of one candidate (``torch bf16``, ``torch fp32``, ``onnx fp32``)."""
+def builder(make: Make, request: EncoderConfig, name: str, path: str, batch_size: int, expect: str | None = None):
+    """``auto.Build``: the encoder of one candidate (``torch bf16``, ``torch fp32``, ``onnx fp32``); a graph
+    is exported only for the model ``expect`` names (when given)."""
     def build(candidate: str):
         backend, precision = candidate.split(" ", 1)
         if backend == "onnx":
-            return onnx_encoder(make, request, name, path, precision, batch_size, strict=False)
+            return onnx_encoder(make, request, name, path, precision, batch_size, strict=False, expect=expect)
         return torch_encoder(make, request, name, path, precision, batch_size, "cpu")
     return build
 

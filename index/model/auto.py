@@ -106,6 +106,8 @@ def survey(request: EncoderConfig, path: str, build: Build, rounds: int | None =
 def load(request: EncoderConfig, path: str, build: Build, refuse: Callable[[str], None]):
     """The encoder ``auto`` runs for ``request`` on this CPU (a plain BERT encoder's)."""
     names = candidate_names(request, path)
+    if request.precision == "bf16":  # asked for (or recorded): bulk in bf16, queries on the graph; no timing
+        return compose(rules.decide(rules.Timings(), names), {}, build)
     fingerprint = model_cache.known_fingerprint(path)
     decided, encoders = None, {}
     if fingerprint:
