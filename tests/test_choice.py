@@ -272,3 +272,16 @@ def test_bf16_as_asked_or_recorded_needs_no_measurement_and_answers_queries_on_t
     assert (enc.backend, enc.precision, enc.query_backend, enc.query_precision) == ("torch", "bf16", "onnx", "fp32")
     assert enc.runner_for(1).backend == "onnx" and enc.runner_for(QUERY_TEXTS + 1).precision == "bf16"
     assert enc.describe()["precision"] == "bf16"  # what an index records: its stored vectors' precision
+
+
+@pytest.mark.integration
+def test_on_the_embedded_model_a_cold_query_follows_the_recorded_query_path(tmp_path):
+    index = Index.create(tmp_path / "idx")  # the product default: --precision auto --backend auto
+    index.add([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)])
+    info = index.info()
+    out = subprocess.run([sys.executable, "-c", QUERY, "the bank of the river", str(tmp_path / "idx")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = json.loads(out.stderr.strip().splitlines()[-1])
+    assert (imported == []) == info.query.startswith("onnx"), (info.bulk, info.query, imported)
+    assert json.loads(out.stdout)["hits"][0]["id"] == "d1"
