@@ -195,9 +195,10 @@ def test_bulk_and_query_runners_agree_and_a_query_leaves_the_bulk_runner_unloade
     Encoder.clear_cache()
     cold = Encoder.load(tiny_model, precision="fp32", backend="auto")  # from the cached choice
     assert cold.runner_for(1) is cold.runner and cold.runner.backend == "onnx"
-    together = cold.encode(TEXTS)  # more than QUERY_TEXTS texts: the bulk runner
-    assert len(TEXTS) > QUERY_TEXTS and cold.runner_for(len(TEXTS)).backend == "torch"
-    alone = np.stack([cold.encode([t])[0] for t in TEXTS])
+    many = [f"{t} {i}" for i in range(QUERY_TEXTS // len(TEXTS) + 1) for t in TEXTS]
+    together = cold.encode(many)  # more than QUERY_TEXTS texts: the bulk runner
+    assert len(many) > QUERY_TEXTS and cold.runner_for(len(many)).backend == "torch"
+    alone = np.stack([cold.encode([t])[0] for t in many])
     np.testing.assert_allclose(together, alone, atol=1e-4)
 
 
@@ -239,7 +240,7 @@ def test_a_query_of_an_index_with_a_torch_bulk_path_imports_no_torch(tiny_model,
 @pytest.mark.integration
 def test_on_the_embedded_model_auto_bulk_and_queries_agree_within_the_tolerance():
     enc = Encoder.load()  # the product default, whatever this machine chooses
-    texts = workload_texts()["short"][:12] + [TEXTS[4] * 10]
+    texts = workload_texts()["short"][: QUERY_TEXTS + 1] + [TEXTS[4] * 10]
     together = enc.encode(texts, warn=False)
     alone = np.stack([enc.encode([t], warn=False)[0] for t in texts])
     cosine = float((together * alone).sum(axis=1).min())

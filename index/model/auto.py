@@ -109,17 +109,19 @@ def load(request: EncoderConfig, path: str, build: Build, refuse: Callable[[str]
     if request.precision == "bf16":  # asked for (or recorded): bulk in bf16, queries on the graph; no timing
         return compose(rules.decide(rules.Timings(), names), {}, build)
     fingerprint = model_cache.known_fingerprint(path)
-    decided, encoders = None, {}
+    decided, encoders, probe = None, {}, None
     if fingerprint:
         stored = model_cache.load_choice(choice_key(fingerprint, request, path, names))
         decided = rules.reusable(stored, this_cpu(), names)
+        probe = stored.get("probe_cosine") if decided is not None else None
     if decided is None:
         log.info("measuring the backends for %s on this CPU (once per model and CPU)", request.model)
         found = survey(request, path, build, refuse=refuse)
-        decided, encoders = found.choice, found.encoders
+        decided, encoders, probe = found.choice, found.encoders, found.probe_cosine
         fingerprint = found.encoders[next(iter(found.encoders))].fingerprint
         model_cache.store_choice(choice_key(fingerprint, request, path, names),
-                                 rules.record(decided, found.timings, found.cpu, names, found.available))
+                                 {**rules.record(decided, found.timings, found.cpu, names, found.available),
+                                  "probe_cosine": probe})
         if request.precision == "auto" and rules.split(decided.bulk)[1] == "fp32":
             # an index records the precision in use (fp32): reopening it asks for fp32, same choice
             as_fp32 = replace(request, precision="fp32")
@@ -127,7 +129,10 @@ def load(request: EncoderConfig, path: str, build: Build, refuse: Callable[[str]
             model_cache.store_choice(choice_key(fingerprint, as_fp32, path, fp32_names),
                                      rules.record(decided, found.timings, found.cpu, fp32_names,
                                                   [n for n in found.available if n in fp32_names]))
-    return compose(decided, encoders, build)
+    encoder = compose(decided, encoders, build)
+    if rules.split(decided.bulk) == (encoder.backend, encoder.precision) and encoder.precision != "fp32":
+        encoder.probe_cosine = probe if encoder.probe_cosine is None else encoder.probe_cosine
+    return encoder
 
 
 def compose(decided: rules.Choice, encoders: dict[str, object], build: Build):

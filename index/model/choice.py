@@ -26,7 +26,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-CHOICE_VERSION = 2  # of the rules and the measurement: a record of another version is not used
+CHOICE_VERSION = 3  # of the rules and the measurement: a record of another version is not used
 MARGIN = 1.25  # a candidate overturns the rule only when this much faster in every round
 WORKLOADS = ("long", "short", "query")  # long texts in a batch, short texts in a batch, one query alone
 BULK_WORKLOADS = ("long", "short")

@@ -44,7 +44,9 @@ MAX_BATCH_TEXTS = 128
 # ~60 MB a 1,000 documents; with few widths it stays flat.
 PAD_MULTIPLE = 16
 PAD_FROM = 32
-QUERY_TEXTS = 4  # a call with at most this many texts is a query workload (see use_for_bulk)
+# A call with at most this many texts is a query workload (see use_for_bulk): one query, or the
+# service's micro-batch of concurrent queries (serve --batch-max, 32 by default).
+QUERY_TEXTS = 32
 FILL = 0.9  # a batch holds texts of at least this share of its longest one's tokens
 DESCRIBE_KEYS = ("model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
                  "keep_hangul", "bulk_backend", "query_backend", "query_precision")
