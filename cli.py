@@ -157,8 +157,8 @@ def model_options(default_layer: int | None = options.DEFAULT_LAYER):
     def decorate(f):
         f = keep_hangul_option(f)
         f = click.option("--backend", type=click.Choice(options.BACKENDS), default=None,
-                         help="Inference backend (default auto: whichever of ONNX Runtime and PyTorch is faster "
-                              "for this model on this machine, measured once and cached).")(f)
+                         help="Inference backend (default auto: by CPU, confirmed by a measurement cached per model "
+                              "and machine; batches and single queries may run on different ones: see semsearch doctor).")(f)
         f = click.option("--precision", type=click.Choice(options.PRECISIONS), default=None,
                          help="Arithmetic for encoding (default auto: bf16 on CPUs with bf16 instructions, fp16 on "
                               "CUDA, when a probe shows vectors within cosine 0.999 of fp32; else fp32). "
@@ -699,6 +699,47 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, backe
     progress.finish()
     for (item_id, _), vec in zip(items, vectors):
         click.echo(_dump({"id": item_id, "vector": np.round(vec.astype(np.float64), 7).tolist()}))
+
+
+@cli.command("doctor")
+@click.option("--model", envvar="SEMSEARCH_MODEL", default=None,
+              help="Hugging Face model id or local folder (default: $SEMSEARCH_MODEL, else the embedded all-MiniLM-L6-v2).")
+@click.option("--layer", type=int, default=None, help="Hidden layer to pool (default: -2).")
+@click.option("--precision", type=click.Choice(("auto", "fp32", "bf16")), default=None,
+              help="The precision request whose candidates are weighed (default auto).")
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Interleaved timing rounds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(model, layer, precision, rounds, as_json) -> None:
+    """Time the candidates of --backend auto on this machine now and show its choice and why.
+
+    \b
+    Example:
+      semsearch doctor
+    """
+    from index.model.doctor import diagnose
+
+    d = diagnose(model, layer=layer, precision=precision, rounds=rounds)
+    if as_json:
+        click.echo(_dump(d.as_dict()))
+        return
+    click.echo(f"cpu: {d.cpu}, {d.threads} threads, bf16 instructions: {'yes' if d.bf16_instructions else 'no'}")
+    click.echo(f"model: {d.model}; candidates {', '.join(d.candidates)}; {d.rounds} interleaved rounds "
+               "(medians; a batch of 16 long texts, 64 short texts, single queries)")
+    click.echo(f"{'candidate':<12} {'long texts/s':>13} {'short texts/s':>14} {'query ms':>9}")
+    for s in d.speeds:
+        cells = [f"{v:.1f}" if v is not None else "-" for v in (s.long_texts_per_s, s.short_texts_per_s)]
+        click.echo(f"{s.name:<12} {cells[0]:>13} {cells[1]:>14} "
+                   f"{'-' if s.query_ms is None else f'{s.query_ms:.2f}':>9}")
+    click.echo(f"bulk:  {d.bulk} ({d.bulk_reason})")
+    click.echo(f"query: {d.query} ({d.query_reason})")
+    if d.bf16_probe_cosine is not None:
+        click.echo(f"bf16 probe: lowest cosine {d.bf16_probe_cosine:.5f} to fp32")
+    cached = (f"bulk {d.cached['bulk']}, query {d.cached['query']}" if d.cached else
+              "none yet (the first encoder load measures and caches it)")
+    click.echo(f"choice cached for this CPU, used by every process: {cached}")
+    for note in d.notes:
+        click.echo(f"note: {note}")
 
 
 # --- the tutorial's token-level commands -----------------------------------------------------

@@ -52,7 +52,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from hostinfo import cpu_info, cpu_line, encoder_runs, runs_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 from index.ann.registry import backend, build  # noqa: E402
 from index.options import COMMIT_EVERY, VECTOR_BACKENDS  # noqa: E402
@@ -437,7 +437,7 @@ def main() -> int:
     from index.model.encoder import Encoder
 
     default = Encoder.load()  # what `index build` runs here by default (auto: measured once, cached)
-    print(f"machine: {cpu_line()}; default encoder: {default.backend} {default.precision}")
+    print(f"machine: {cpu_line()}; default encoder: {runs_line(default)}")
     print(f"part 1: semsearch index build in a child process (COMMIT_EVERY={COMMIT_EVERY})")
     print(f"{'docs':>6} {'passages':>9} {'type':>6} {'seconds':>8} {'docs/s':>7} {'peak RSS MiB':>13}")
     for r in builds:
@@ -453,7 +453,7 @@ def main() -> int:
     for r in vectors:
         print(f"{r['index_type']:>6} {r['built_as']:<24} {r['bytes_per_vector']:>9.1f} "
               f"{r['file_bytes'] / 2**20:>9.1f} {r['seconds']:>8.1f}")
-    print(json.dumps({"benchmark": "build", **cpu_info(), "backend": default.backend,
+    print(json.dumps({"benchmark": "build", **cpu_info(), **encoder_runs(default), "backend": default.backend,
                       "precision": default.precision, "quick": args.quick, "commit_every": COMMIT_EVERY,
                       "builds": builds, "peak_rss_ratio": ratio, "marginal_docs_per_s": marginal,
                       "sqlite": sqlite, "synthetic_vectors": n_vectors, "vector_types": vectors}))

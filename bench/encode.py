@@ -4,7 +4,10 @@ Both sides encode the same texts with the same model folder (the embedded
 all-MiniLM-L6-v2), the same max length and the same torch thread count.
 sentence-transformers runs ``encode(texts, batch_size=32)`` (its last layer);
 semsearch runs its product default (layer -2, mean pooling) in each requested
-precision, backend (auto, onnx, torch) and batch size. When sentence-transformers'
+precision, backend (auto, onnx, torch) and batch size; without ``--precision``
+and ``--backend``, every candidate (torch bf16, torch fp32, ONNX fp32, ONNX
+int8) and ``auto``, whose rows name the backend and precision it ran for
+bulk encoding and for single queries on this machine. When sentence-transformers'
 own ONNX backend is installed (``pip install 'sentence-transformers[onnx]'``),
 it is a second peer (``SentenceTransformer(folder, backend="onnx")``). Two
 workloads from ../shared/data: the first 1,000 SciFact abstracts (long) and
@@ -22,6 +25,7 @@ fraction of it each configuration reaches in useful FLOPs. Prints the CPU, a
 table and one JSON line.
 
     python bench/encode.py --quick
+    python bench/encode.py
     python bench/encode.py --precision auto int8 --backend auto torch onnx --batch-size 16 32
 """
 
@@ -58,6 +62,7 @@ SCIFACT = Path("scifact") / "corpus.jsonl"
 STSB = Path("stsb_en") / "stsb-en-test.csv"
 SAMPLE = 200  # texts checked against the slow fp32 reference, per workload
 WARMUP = 8  # texts encoded once per side before timing
+CANDIDATES = (("auto", "auto"), ("bf16", "torch"), ("fp32", "torch"), ("fp32", "onnx"), ("int8", "onnx"))
 
 
 def load_abstracts(path: Path, limit: int) -> list[str]:
@@ -137,6 +142,14 @@ def batch_spread(encoder: Encoder, texts: list[str]) -> float:
     return float((together * alone).sum(axis=1).min())
 
 
+def auto_runs(configs: dict[str, Encoder]) -> dict[str, str]:
+    """What --precision auto --backend auto runs on this machine for bulk encoding and for queries."""
+    enc = next((e for name, e in configs.items() if name.startswith("semsearch auto auto")), None)
+    if enc is None:
+        enc = Encoder.load(layer=-2, pooling="mean", precision="auto", backend="auto")
+    return {"auto_bulk": f"{enc.backend} {enc.precision}", "auto_query": f"{enc.query_backend} {enc.query_precision}"}
+
+
 def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     vectors = fn(texts)
@@ -145,8 +158,10 @@ def timed(fn: Callable[[list[str]], np.ndarray], texts: list[str]) -> tuple[floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS)
-    parser.add_argument("--backend", nargs="+", default=["auto"], choices=BACKENDS)
+    parser.add_argument("--precision", nargs="+", default=None, choices=PRECISIONS,
+                        help="default: every candidate and auto (with --backend: auto)")
+    parser.add_argument("--backend", nargs="+", default=None, choices=BACKENDS,
+                        help="default: every candidate and auto (with --precision: auto)")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[DEFAULT_BATCH_SIZE])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 2)")
@@ -167,14 +182,17 @@ def main() -> int:
         "stsb": load_sentences(args.data / STSB, 500 if args.quick else None),
     }
     configs: dict[str, Encoder] = {}
-    for p in args.precision:
-        for k in args.backend:
-            for b in args.batch_size:
-                try:
-                    configs[f"semsearch {p} {k} b{b}"] = Encoder.load(
-                        layer=-2, pooling="mean", precision=p, batch_size=b, device=args.device, backend=k)
-                except SemsearchError as exc:  # e.g. int8 on the torch backend
-                    print(f"note: precision {p} with backend {k} left out: {exc}", file=sys.stderr)
+    if args.precision is None and args.backend is None:
+        pairs = list(CANDIDATES)
+    else:
+        pairs = [(p, k) for p in args.precision or ["auto"] for k in args.backend or ["auto"]]
+    for p, k in pairs:
+        for b in args.batch_size:
+            try:
+                configs[f"semsearch {p} {k} b{b}"] = Encoder.load(
+                    layer=-2, pooling="mean", precision=p, batch_size=b, device=args.device, backend=k)
+            except SemsearchError as exc:  # e.g. int8 on the torch backend
+                print(f"note: precision {p} with backend {k} left out: {exc}", file=sys.stderr)
     first = next(iter(configs.values()))
     reference = Encoder.load(layer=-2, pooling="mean", precision="fp32", device=args.device)
     st = SentenceTransformer(first.model_path, device=first.device)
@@ -217,6 +235,7 @@ def main() -> int:
                 enc = configs[name]
                 cos = (vectors[name][sample] * ref).sum(axis=1)
                 row.update(precision=enc.precision, backend=enc.backend, batch_size=enc.batch_size,
+                           query_backend=enc.query_backend, query_precision=enc.query_precision,
                            min_cosine=round(float(cos.min()), 6),
                            peak_fraction=round(gflop * rate / len(texts) / peak, 3))
                 if enc.precision == "int8":
@@ -228,6 +247,7 @@ def main() -> int:
         **cpu_info(),
         "device": device_name(first.device), "device_kind": first.device, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "auto_precision": choose_precision("auto", first.device),
+        **auto_runs(configs),
         "model": first.model_name, "max_length": first.max_length, "layer": first.layer,
         "pooling": first.pooling, "repeats": repeats, "quick": args.quick,
         "matmul_gflops": round(peak, 1), "sentence_transformers": version("sentence-transformers"),
@@ -235,16 +255,18 @@ def main() -> int:
     }
     print(f"cpu: {cpu_line(info)}")
     print(f"device: {info['device']} ({info['device_kind']}), torch {info['torch']}, "
-          f"{info['threads']} threads, auto -> {info['auto_precision']}, max length {info['max_length']}, "
+          f"{info['threads']} threads, auto -> bulk {info['auto_bulk']}, queries {info['auto_query']}, max length {info['max_length']}, "
           f"{repeats} repeats (medians); fp32 matmul {peak:.0f} GFLOP/s; sentence-transformers "
           f"{info['sentence_transformers']}, transformers {info['transformers']}, onnxruntime {info['onnxruntime']}")
-    print(f"{'workload':<9} {'docs':>5} {'config':<40} {'docs/s':>9} {'vs ST':>7} {'min cos':>9} {'of peak':>8}")
+    print(f"{'workload':<9} {'docs':>5} {'config':<64} {'docs/s':>9} {'vs ST':>7} {'min cos':>9} {'of peak':>8}")
     for workload, res in results.items():
         for name, row in res["sides"].items():
             label = name if "precision" not in row else f"{name} ({row['backend']} {row['precision']})"
+            if "precision" in row and (row["query_backend"], row["query_precision"]) != (row["backend"], row["precision"]):
+                label = f"{name} (bulk {row['backend']} {row['precision']}, query {row['query_backend']} {row['query_precision']})"
             cos = "-" if row["min_cosine"] is None else f"{row['min_cosine']:.5f}"
             share = f"{row['peak_fraction']:.0%}" if "peak_fraction" in row else "-"
-            print(f"{workload:<9} {res['docs']:>5} {label:<40} {row['docs_per_s']:>9.1f} "
+            print(f"{workload:<9} {res['docs']:>5} {label:<64} {row['docs_per_s']:>9.1f} "
                   f"{row['ratio_vs_st']:>6.2f}x {cos:>9} {share:>8}")
             if "batch_spread_min_cosine" in row:
                 print(f"{'':<16}int8 vector in its batch against alone: lowest cosine {row['batch_spread_min_cosine']:.5f}")

@@ -90,6 +90,7 @@ def main() -> int:
         path = Path(tmp) / "faq"
         entries = read_faq([str(stackfaq / "corpus.jsonl")], question_field="text", answer_field="answers")
         Index.build(path, faq_documents(entries))
+        recorded = Index.open(path).info()
         for layer in args.layers:
             if int(Index.open(path).config["layer"]) != layer:
                 Index.open(path).rebuild(layer=layer)
@@ -104,8 +105,8 @@ def main() -> int:
             rows.append({"layer": layer, "setting": label, "calibration_precision": round(setting.precision, 4),
                          **measure(FAQ(path), test, setting.threshold, setting.margin)})
     info = {**cpu_info(), "seed": args.seed, "target": args.target, "in_domain_test": len(labelled) - half,
-            "off_topic_test": len(off) - off_half}
-    print(f"machine: {cpu_line(info)}")
+            "off_topic_test": len(off) - off_half, "bulk": recorded.bulk, "query": recorded.query}
+    print(f"machine: {cpu_line(info)}; bulk {recorded.bulk}, queries {recorded.query}")
     print(f"StackFAQ: calibrated on {half} rewordings + {off_half} STSb sentences, tested on the other "
           f"{info['in_domain_test']} + {info['off_topic_test']} (seed {args.seed}, target precision {args.target})")
     print(f"{'layer':>5}  {'setting':<34} {'threshold':>9} {'margin':>6} {'answered':>9} {'precision':>9} {'off-topic':>9}")

@@ -2,7 +2,8 @@
 
 Speed on this project differs 2-4x between a CPU with AVX-512 BF16 (bf16 matrix
 instructions) and one with AVX2 only, so every benchmark prints this line and
-puts it in its JSON.
+puts it in its JSON, with what the encoder ran for bulk encoding and for
+queries (``runs_line``, ``encoder_runs``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ def cpu_info() -> dict:
 def cpu_line(info: dict | None = None) -> str:
     info = info or cpu_info()
     return f"{info['cpu']}, {info['cpus']} CPUs, flags: {' '.join(info['cpu_flags']) or 'none of ' + '/'.join(FLAGS)}"
+
+
+def encoder_runs(encoder) -> dict:
+    """What an encoder runs for bulk encoding and for single queries (``--backend auto`` may differ)."""
+    return {"bulk": f"{encoder.backend} {encoder.precision}",
+            "query": f"{getattr(encoder, 'query_backend', encoder.backend)} "
+                     f"{getattr(encoder, 'query_precision', encoder.precision)}"}
+
+
+def runs_line(encoder) -> str:
+    r = encoder_runs(encoder)
+    return f"bulk {r['bulk']}, queries {r['query']}"
 
 
 if __name__ == "__main__":

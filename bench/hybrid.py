@@ -97,13 +97,16 @@ def measure(name: str, data: Path, work: Path, layer: int, precision: str | None
         started = time.monotonic()
         results[mode] = evaluate_index(runner, plan)
         seconds[mode] = time.monotonic() - started
-    print(f"\n{name}: {docs:,} documents, {passages:,} passages, layer {layer}, {index.config['precision']}, "
+    recorded = index.info()
+    print(f"\n{name}: {docs:,} documents, {passages:,} passages, layer {layer}, bulk {recorded.bulk}, "
+          f"queries {recorded.query}, "
           f"{len(plan.queries)} queries")
     print(format_table([(mode, r) for mode, r in results.items()]))
     print(f"BM25 index: built in {bm25_build_s:.2f} s, saved in {bm25_save_s:.2f} s, {bm25_bytes / 1e6:.1f} MB")
     return {
         "dataset": name, "documents": docs, "passages": passages, "layer": layer,
-        "precision": index.config["precision"], "queries": len(plan.queries),
+        "precision": index.config["precision"], "bulk": recorded.bulk, "query": recorded.query,
+        "queries": len(plan.queries),
         "index_build_s": None if build_s is None else round(build_s, 1),
         "bm25_build_s": round(bm25_build_s, 3), "bm25_save_s": round(bm25_save_s, 3), "bm25_bytes": bm25_bytes,
         **{f"{mode}_ndcg@10": round(r.ndcg_at_10, 4) for mode, r in results.items()},

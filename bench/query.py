@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from hostinfo import cpu_info, cpu_line, encoder_runs, runs_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 from index import Index  # noqa: E402
 from index.ingest.sources import read_documents  # noqa: E402
@@ -225,8 +225,8 @@ def main() -> int:
                                                          tuned=False, rebuild=False)})
             print(json.dumps(rows[-1]), file=sys.stderr)
     info = {**cpu_info(), "python": platform.python_version(), "precision": index.encoder.precision,
-            "backend": index.encoder.backend, "filler": args.filler, "startup": startup}
-    print(f"\nmachine: {cpu_line(info)}; {info['backend']} {info['precision']}, filler vectors: {args.filler}")
+            "backend": index.encoder.backend, **encoder_runs(index.encoder), "filler": args.filler, "startup": startup}
+    print(f"\nmachine: {cpu_line(info)}; {runs_line(index.encoder)}, filler vectors: {args.filler}")
     print(f"{'passages':>9} {'type':>6} {'p50 ms':>7} {'p99 ms':>7} {'embed':>6} {'search':>7} {'recall@10':>9} "
           f"{'build s':>8}  settings")
     for r in rows:

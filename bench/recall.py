@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from hostinfo import cpu_info, cpu_line, encoder_runs, runs_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 from index import Index  # noqa: E402
 from search import Searcher  # noqa: E402
@@ -147,7 +147,7 @@ def main() -> int:
     index.close()
     if args.proxies:
         curves = proxy_curves(base, qvecs)
-        print(f"machine: {cpu_line()}; {encoder.backend} {encoder.precision}; {n_passages:,} sentence vectors")
+        print(f"machine: {cpu_line()}; {runs_line(encoder)}; {n_passages:,} sentence vectors")
         keys = [k for k in curves[0] if k not in ("queries", "lists")]
         print(f"recall@10 by setting (ivf with {curves[0]['lists']} lists; hnsw M=32)")
         print(f"{'queries':<16}" + "".join(f"{k:>13}" for k in keys))
@@ -184,7 +184,7 @@ def main() -> int:
                          "tuned_sample_recall": tuning.get("recall") if tuned else None,
                          "build_and_tune_s": round(build_s, 1), "tuning_s": tuning.get("seconds")})
         shutil.rmtree(copy, ignore_errors=True)
-    print(f"machine: {cpu_line()}; {encoder.backend} {encoder.precision}")
+    print(f"machine: {cpu_line()}; {runs_line(encoder)}")
     print(f"SciFact sentences: {n_docs:,} documents ({n_passages:,} passages); {len(qvecs)} claims; "
           f"recall@10 of documents against exact search; target {args.target_recall}")
     print(f"{'type':>6} {'settings':<28} {'recall@10':>9} {'p50 ms':>7}  {'sample recall':>13} {'build+tune s':>12}")

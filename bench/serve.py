@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from hostinfo import cpu_info, cpu_line, encoder_runs, runs_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 from index import Index  # noqa: E402
 from index.ingest.sources import read_documents  # noqa: E402
@@ -112,7 +112,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="semsearch-bench-serve-") as tmp:
         index = Path(tmp) / "index"
         Index.build(index, read_documents([DATA / "corpus.jsonl"]), backend=args.backend)
-        backend = Index.open(index).encoder.backend
+        served = Index.open(index).encoder
+        backend = runs_line(served)
         modes = {"micro-batching": ["--batch-max", "32", "--batch-window-ms", "10"],
                  "one at a time": ["--batch-max", "1"]}
         for mode, extra in modes.items():
@@ -126,8 +127,8 @@ def main() -> int:
             finally:
                 proc.terminate()
                 proc.wait(30)
-    info = {**cpu_info(), "backend": backend, "workers_threads": args.workers_threads}
-    print(f"machine: {cpu_line(info)}; {backend} backend, {args.workers_threads} worker thread(s)")
+    info = {**cpu_info(), **encoder_runs(served), "backend": served.backend, "workers_threads": args.workers_threads}
+    print(f"machine: {cpu_line(info)}; {backend}, {args.workers_threads} worker thread(s)")
     print(f"{'mode':<15} {'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'errors':>6}")
     for r in rows:
         print(f"{r['mode']:<15} {r['clients']:>7} {r['requests']:>8} {r['rps']:>7.1f} {r['p50_ms']:>7.1f} "

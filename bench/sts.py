@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from hostinfo import cpu_info, cpu_line, encoder_runs, runs_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 from index.model.encoder import Encoder  # noqa: E402
 from search.evaluation import spearman  # noqa: E402
@@ -57,11 +57,11 @@ def main() -> int:
             va, vb = enc.encode(a), enc.encode(b)
             rows.append({"layer": layer, "pooling": pooling, "precision": enc.precision, "pairs": len(gold),
                          "spearman": round(spearman((va * vb).sum(axis=1), gold), 4)})
-    print(f"machine: {cpu_line()}")
+    print(f"machine: {cpu_line()}; {runs_line(enc)}")
     print(f"{'layer':>6} {'pooling':>8} {'pairs':>6} {'Spearman':>9}")
     for r in rows:
         print(f"{r['layer']:>6} {r['pooling']:>8} {r['pairs']:>6} {r['spearman']:>9.4f}")
-    print(json.dumps({"benchmark": "sts", **cpu_info(), "model": enc.model_name, "results": rows}))
+    print(json.dumps({"benchmark": "sts", **cpu_info(), **encoder_runs(enc), "model": enc.model_name, "results": rows}))
     return 0
 
 

@@ -24,7 +24,7 @@ from .ingest.engines import Engine
 from .lexical import bm25
 from .model.config import EncoderConfig, resolve_model
 from .model.encoder import Encoder
-from .records import AddResult, DeleteResult, IndexInfo, RebuildResult
+from .records import AddResult, DeleteResult, IndexInfo, RebuildResult, recorded_runs
 from .storage import folder
 from .storage.check import CheckReport, RepairReport, check_index, repair_index
 from .storage.generations import Generations, file_name
@@ -43,6 +43,7 @@ RESERVED_SETTINGS = frozenset({
     "keep_hangul", "target_recall", "search_tuning", "vectors_base", "vectors_base_count", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
     "created_at", "updated_at",
 })
+RESERVED_SETTINGS |= {"bulk_backend", "query_backend", "query_precision"}  # the bulk and query paths (auto)
 
 
 def check_target(target: float | None) -> float:
@@ -287,6 +288,7 @@ class Index(Operations):
                 schema_version=SCHEMA_VERSION, generation=snap.generation, documents=docs, passages=passages,
                 vectors=snap.vectors.ntotal, complete=bool(cfg.get("complete", True)),
                 created_at=cfg["created_at"], updated_at=cfg["updated_at"], hybrid=bool(cfg.get(bm25.SETTING, False)),
+                bulk=recorded_runs(cfg)[0], query=recorded_runs(cfg)[1],
             )
 
     def tune(self, target_recall: float | None = None):

@@ -9,6 +9,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def recorded_runs(cfg: dict[str, Any]) -> tuple[str, str]:
+    """``(bulk, query)``: the backend and precision an index recorded for each workload."""
+    missing = "not recorded (written before it was)"
+    bulk = f"{cfg['bulk_backend']} {cfg.get('precision')}" if cfg.get("bulk_backend") else missing
+    query = (f"{cfg['query_backend']} {cfg['query_precision']}"
+             if cfg.get("query_backend") and cfg.get("query_precision") else missing)
+    return bulk, query
+
+
 @dataclass
 class Passage:
     """A window of a document: its position among the document's passages, its character
@@ -79,6 +88,8 @@ class IndexInfo:
     created_at: str
     updated_at: str
     hybrid: bool = False  # keeps a BM25 index of its passages; searches are hybrid by default
+    bulk: str = ""  # backend and precision that encoded the stored passages, e.g. "torch bf16"
+    query: str = ""  # backend and precision of single queries, e.g. "onnx fp32"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ import pytest
 
 from index import Index
 from index.errors import ConfigMismatchError, SemsearchError
-from index.model import assemble, model_cache
+from index.model import auto, model_cache
 from index.model import precision as policy
 from index.model.encoder import Encoder
 from index.model.reference import reference_vectors
@@ -145,15 +145,15 @@ def test_a_damaged_cached_graph_is_detected_and_rebuilt(tiny_model, isolated_cac
 def test_auto_measures_once_and_then_uses_its_choice(tiny_model, isolated_cache, monkeypatch):
     first = Encoder.load(tiny_model, precision="fp32", backend="auto")
     choices = list((isolated_cache / "choices").glob("*.json"))
-    assert choices and json.loads(choices[0].read_text())["backend"] == first.backend
+    assert choices and json.loads(choices[0].read_text())["bulk"] == f"{first.backend} {first.precision}"
     Encoder.clear_cache()
 
-    def no_measuring(encoder):
+    def no_measuring(*args, **kwargs):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(assemble, "measure", no_measuring)
+    monkeypatch.setattr(auto, "measure", no_measuring)
     again = Encoder.load(tiny_model, precision="fp32", backend="auto")
-    assert again.backend == first.backend
+    assert (again.backend, again.query_backend) == (first.backend, first.query_backend)
 
 
 def test_a_changed_model_is_refused_before_anything_is_exported(tiny_model, tiny_model_other, isolated_cache,

@@ -2,7 +2,9 @@
 
 Owns: ``encoder.Encoder`` (layer −2 masked mean by default, the per-process
 cache) and ``config.EncoderConfig`` (what an index records of its model);
-``assemble`` (which runner serves a configuration), its runners
+``assemble`` (which runner serves a configuration) with ``auto``, ``choice``,
+``measure`` and ``doctor`` (what ``--backend auto`` runs for bulk and for
+queries on this CPU, and why), its runners
 (``torch_runner`` with the lean ``bert`` pass, ``onnx_runner`` with
 ``onnx_export`` and ``model_cache``), ``loading``/``model_files`` (a model id
 or folder, its fingerprint and limits), ``precision`` (bf16/int8 probes),

@@ -5,10 +5,11 @@
 - on a CUDA device, the torch backend (fp16 under ``auto``);
 - ``int8``: ONNX Runtime with an int8 graph, refused when its probe vectors
   fall below ``precision.MIN_INT8_COSINE`` of the fp32 reference;
-- ``bf16``/``fp16``: the torch backend;
-- fp32 (``auto`` on a CPU without bf16, or asked for), and ``auto`` on a bf16
-  CPU: backend ``torch`` or ``onnx`` as asked; ``auto`` takes whichever of the
-  two measured faster for this model on this CPU (measured once, cached).
+- ``bf16``/``fp16``: the torch backend (under ``--backend auto`` a bf16
+  CPU's single queries may run on the fp32 ONNX graph);
+- backend ``torch`` or ``onnx`` as asked; ``auto`` (``auto`` below, rules in
+  ``choice``): bulk and single queries may each get their own candidate
+  (torch bf16, torch fp32, ONNX fp32), chosen once per model and CPU, cached.
 
 An ONNX graph is exported once per model fingerprint, layer, max length and
 precision into the model cache, and used only after it reproduced the fp32
@@ -19,17 +20,15 @@ imports torch or transformers.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
 from .. import options
 from ..errors import ConfigMismatchError, SemsearchError
-from . import model_cache
+from . import auto, model_cache
 from . import precision as policy
 from .config import EncoderConfig, resolve_model
 from .model_files import ModelFacts, check_layer, resolve_max_length
@@ -63,14 +62,14 @@ def load_encoder(make: Make, request: EncoderConfig, batch_size: int, device: st
         if backend == "torch":
             raise SemsearchError("int8 runs on ONNX Runtime; use --backend auto or onnx with --precision int8")
         return onnx_encoder(make, request, name, path, "int8", batch_size, strict=True, expect=expect)
-    if backend == "torch" or (precision == "bf16" and request.precision == "bf16"):
-        if backend == "onnx":
-            raise SemsearchError("bf16 runs on the torch backend; use --backend auto or torch with --precision bf16")
+    if backend == "onnx" and precision == "bf16" and request.precision == "bf16":
+        raise SemsearchError("bf16 runs on the torch backend; use --backend auto or torch with --precision bf16")
+    if backend == "torch":
         return torch_encoder(make, request, name, path, precision, batch_size, device)
     if backend == "onnx":
         return (onnx_encoder(make, request, name, path, "fp32", batch_size, strict=False, expect=expect)
                 or torch_encoder(make, request, name, path, precision, batch_size, device))
-    return fastest(make, request, name, path, precision, batch_size, expect)
+    return automatic(make, request, name, path, precision, batch_size, expect)
 
 
 def default_device() -> str:
@@ -82,68 +81,25 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# --- auto: the faster backend on this CPU ------------------------------------------------------
-def fastest(make: Make, request: EncoderConfig, name: str, path: str, precision: str, batch_size: int,
-            expect: str | None = None):
+# --- auto: the choice for this CPU (see ``auto`` and ``choice``) -------------------------------
+def automatic(make: Make, request: EncoderConfig, name: str, path: str, precision: str, batch_size: int,
+              expect: str | None = None):
     facts = ModelFacts.read(path)
     if facts is None or not facts.plain_bert:
         return torch_encoder(make, request, name, path, precision, batch_size, "cpu")
-    layer_index = check_layer(request.layer, facts.num_layers) % (facts.num_layers + 1)
-    max_length = resolve_max_length(request.max_length, path, facts.max_positions, 0)
-    fingerprint = model_cache.known_fingerprint(path)
-    if fingerprint:
-        choice = model_cache.load_choice(choice_key(fingerprint, layer_index, max_length, request.precision))
-        if choice and choice.get("backend") == "onnx":
-            encoder = onnx_encoder(make, request, name, path, "fp32", batch_size, strict=False)
-            if encoder is not None:
-                return encoder
-        elif choice and choice.get("backend") == "torch":
-            return torch_encoder(make, request, name, path, precision, batch_size, "cpu")
-    log.info("measuring torch against ONNX Runtime for %s on this CPU (once per model)", name)
-    torch_side = torch_encoder(make, request, name, path, precision, batch_size, "cpu")
-    refuse_changed(name, torch_side.fingerprint, expect)
-    onnx_side = onnx_encoder(make, request, name, path, "fp32", batch_size, strict=False)
-    seconds = {"torch": measure(torch_side)}
-    if onnx_side is not None:
-        seconds["onnx"] = measure(onnx_side)
-    winner = onnx_side if onnx_side is not None and seconds["onnx"] < seconds["torch"] else torch_side
-    record = {"backend": winner.backend, "precision": winner.precision, "seconds": seconds, "cpu": cpu_key()}
-    fingerprint = torch_side.fingerprint
-    for asked in {request.precision, winner.precision}:
-        model_cache.store_choice(choice_key(fingerprint, layer_index, max_length, asked), record)
-    return winner
+    return auto.load(request, path, builder(make, request, name, path, batch_size, expect),
+                     lambda fingerprint: refuse_changed(name, fingerprint, expect))
 
 
-def measure(encoder) -> float:
-    """Seconds for a fixed mix (the probe texts as one batch, three of them alone), best of three."""
-    texts = policy.PROBE_TEXTS
-    encoder.encode(texts, warn=False)
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        encoder.encode(texts, warn=False)
-        for text in texts[:3]:
-            encoder.encode([text], warn=False)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-def cpu_key() -> str:
-    """This CPU, for the backend choice: model name, flags and count."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            model = next((line for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    from .onnx_runner import cpu_threads
-
-    flags = " ".join(sorted(policy.cpu_flags()))
-    return hashlib.sha256(f"{model}|{flags}|{cpu_threads()}".encode()).hexdigest()[:12]
-
-
-def choice_key(fingerprint: str, layer_index: int, max_length: int, precision: str) -> str:
-    return f"{fingerprint}-l{layer_index}-t{max_length}-{precision}-{cpu_key()}"
+def builder(make: Make, request: EncoderConfig, name: str, path: str, batch_size: int, expect: str | None = None):
+    """``auto.Build``: the encoder of one candidate (``torch bf16``, ``torch fp32``, ``onnx fp32``); a graph
+    is exported only for the model ``expect`` names (when given)."""
+    def build(candidate: str):
+        backend, precision = candidate.split(" ", 1)
+        if backend == "onnx":
+            return onnx_encoder(make, request, name, path, precision, batch_size, strict=False, expect=expect)
+        return torch_encoder(make, request, name, path, precision, batch_size, "cpu")
+    return build
 
 
 # --- the torch backend ----------------------------------------------------------------------------

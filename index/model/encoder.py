@@ -10,7 +10,9 @@ model: tokenisation with character offsets (``tokenizer``), length-sorted
 batching under a token budget, the padding policy, the Hangul warning, and
 the per-process cache (``Encoder.for_config``). A runner does the arithmetic:
 ``torch_runner`` (PyTorch) or ``onnx_runner`` (ONNX Runtime); ``assemble``
-chooses and builds one.
+chooses and builds one. Under ``--backend auto`` an encoder may hold two: one
+for single queries (at most ``QUERY_TEXTS`` texts a call) and one for batches,
+loaded on first use (``use_for_bulk``; see ``choice``).
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ MAX_BATCH_TEXTS = 128
 # ~60 MB a 1,000 documents; with few widths it stays flat.
 PAD_MULTIPLE = 16
 PAD_FROM = 32
+# A call with at most this many texts is a query workload (see use_for_bulk): one query, or the
+# service's micro-batch of concurrent queries (serve --batch-max, 32 by default).
+QUERY_TEXTS = 32
 FILL = 0.9  # a batch holds texts of at least this share of its longest one's tokens
 DESCRIBE_KEYS = ("model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
-                 "keep_hangul")
+                 "keep_hangul", "bulk_backend", "query_backend", "query_precision")
 
 
 class Encoder:
@@ -73,6 +78,9 @@ class Encoder:
         self._hangul_warned = False
         self.keep_hangul = False  # the tokenizer as the model has it, until set_keep_hangul
         self._hidden_states = None  # the whole model, loaded for token vectors (``hidden_states``)
+        self._bulk: tuple[str, str] | None = None  # (backend, precision) of another runner for batches
+        self._bulk_loader: Callable[[], object] | None = None
+        self._bulk_runner = None
 
     # --- the per-process cache --------------------------------------------------------------
     _cache: dict[tuple, "Encoder"] = {}
@@ -110,9 +118,25 @@ class Encoder:
         cls._cache.clear()
 
     # --- what it is ----------------------------------------------------------------------
+    def use_for_bulk(self, backend: str, precision: str, loader: Callable[[], object]) -> None:
+        """Encode calls of more than ``QUERY_TEXTS`` texts with another runner, made by ``loader`` on
+        first use (so that a query process never loads it); ``runner`` keeps the single queries."""
+        self._bulk, self._bulk_loader, self._bulk_runner = (backend, precision), loader, None
+
+    def runner_for(self, n_texts: int):
+        """The runner of a call with ``n_texts`` texts: the bulk one for batches, when there is one."""
+        if self._bulk is None or n_texts <= QUERY_TEXTS:
+            return self.runner
+        if self._bulk_runner is None:
+            self._bulk_runner = self._bulk_loader()
+        return self._bulk_runner
+
     @property
     def precision(self) -> str:
-        return self.runner.precision
+        """The precision of bulk encoding (the stored vectors); ``query_precision`` for queries."""
+        if self._bulk_runner is not None:
+            return self._bulk_runner.precision
+        return self._bulk[1] if self._bulk else self.runner.precision
 
     @property
     def device(self) -> str:
@@ -120,8 +144,16 @@ class Encoder:
 
     @property
     def backend(self) -> str:
-        """The backend in use: ``onnx`` or ``torch``."""
+        """The backend of bulk encoding: ``onnx`` or ``torch``; ``query_backend`` for queries."""
+        return self._bulk[0] if self._bulk else self.runner.backend
+
+    @property
+    def query_backend(self) -> str:
         return self.runner.backend
+
+    @property
+    def query_precision(self) -> str:
+        return self.runner.precision
 
     @property
     def model(self):
@@ -143,7 +175,8 @@ class Encoder:
 
     def describe(self) -> dict:
         """The configuration an index records."""
-        info = {**self.config.as_info(), "dimension": self.dimension}
+        info = {**self.config.as_info(), "dimension": self.dimension, "bulk_backend": self.backend,
+                "query_backend": self.query_backend, "query_precision": self.query_precision}
         return {key: info[key] for key in DESCRIBE_KEYS}
 
     @property
@@ -253,6 +286,7 @@ class Encoder:
         if n == 0:
             return out
         order = sorted(range(n), key=lambda i: -len(token_ids[i]))
+        runner = self.runner_for(n)
         prefix, suffix = self.tokenizer.prefix, self.tokenizer.suffix
         for batch in self._batches(order, token_ids):
             seqs = [prefix + [int(t) for t in token_ids[i]] + suffix for i in batch]
@@ -266,7 +300,7 @@ class Encoder:
             for row, s in enumerate(seqs):
                 input_ids[row, : len(s)] = s
                 mask[row, : len(s)] = 1
-            out[batch] = self.runner.run(input_ids, mask)
+            out[batch] = runner.run(input_ids, mask)
             if progress is not None:
                 progress(len(batch))
         return out

@@ -16,7 +16,8 @@ folder is the user's own and closed to others (0700; see ``cache_root``):
   model folder with the folder's ``model_files.signature`` and the
   transformers version it was computed with, so a query can check an index's
   recorded fingerprint without loading the model.
-- ``choices/<key>.json``: which backend ``auto`` measured faster on this CPU.
+- ``choices/<key>.json``: what ``--backend auto`` chose for bulk and for queries on this CPU,
+  with the timings behind it (``auto``, ``choice``).
 
 Every file is written to a temporary name and renamed, so readers see whole
 entries or none.
