@@ -18,7 +18,6 @@ suite; the ``slow`` variants run longer sequences.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from collections import Counter
@@ -34,12 +33,11 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from index import Index
 from index.distributed.shards import shard_of
 from index.distributed.split import split_index
-from index.ingest.passages import EncodedDocument
 from index.options import POOLINGS
-from index.records import Passage
 from index.storage.generations import base_bytes
 from search import Searcher
 from search.sharded import ShardedSearcher
+from fake_engine import FakeEngine, fake_vector
 
 WORDS = "bank river money boat sea fox cat mat apple fruit password reset account invoice".split()
 TEXTS = st.lists(st.sampled_from(WORDS), min_size=1, max_size=6).map(" ".join)
@@ -49,23 +47,6 @@ QUERIES = ("money in the bank", "a fox and a cat", "reset my account password")
 TYPES = ("flat", "hnsw", "ivf", "ivf-disk")
 EXACT_EF = 4096  # ef_search far above any index here: HNSW explores every reachable vector
 IVF_TRAINED_FROM = 700  # the fake variant's first bulk write reaches this many documents (ivf trains at 624)
-
-
-def fake_vector(text: str, dimension: int) -> np.ndarray:
-    """A unit vector seeded by the text (same text, same vector: ties behave as with a model)."""
-    seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-    v = np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-class FakeEngine:
-    """The writer's engine seam (``index.ingest.engines``): one passage a document, a seeded vector."""
-
-    def encode_chunks(self, chunks, settings, progress=None):
-        for chunk in chunks:
-            yield chunk, {doc_id: EncodedDocument([Passage(0, 0, len(text), text)],
-                                                  fake_vector(text, settings.dimension)[None, :])
-                          for doc_id, text in chunk.texts.items()}
 
 
 def machine_for(model_path: str, fake: bool, tally: Counter):

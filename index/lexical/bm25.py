@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import SemsearchError
 from ..files import fsync_dir, fsync_file
 from ..storage.folder import numbered_entries
+from ..storage.seals import crc_of
 from ..storage.store import MetadataStore
 
 log = logging.getLogger("semsearch")
@@ -154,7 +155,8 @@ class LexicalIndex:
                 count, total = self.summary
                 meta = {"format": FORMAT, "generation": self.generation, "passages": count, "id_sum": total,
                         "empty": self.retriever is None, "tokenization": asdict(self.tokenization),
-                        "k1": K1, "b": B, "method": METHOD}
+                        "k1": K1, "b": B, "method": METHOD,
+                        "files": {f.name: [f.stat().st_size, crc_of(f)] for f in sorted(tmp.iterdir())}}
                 (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
                 for file in tmp.iterdir():
                     fsync_file(file)
@@ -181,7 +183,8 @@ class LexicalIndex:
             tokenization = Tokenization(**meta["tokenization"])
             if (meta.get("format") != FORMAT or meta.get("generation") != generation
                     or tokenization != Tokenization()
-                    or (meta.get("passages"), meta.get("id_sum")) != tuple(expected)):
+                    or (meta.get("passages"), meta.get("id_sum")) != tuple(expected)
+                    or not _sealed(Path(path), meta.get("files"))):
                 return None
             ids = np.load(Path(path) / IDS, allow_pickle=False).astype(np.int64)
             retriever = None if meta.get("empty") else bm25s.BM25.load(path, mmap=False, load_corpus=False)
@@ -192,6 +195,16 @@ class LexicalIndex:
                 retriever is not None and retriever.scores.get("num_docs") != len(ids)):
             return None
         return index
+
+
+def _sealed(path: Path, files: Any) -> bool:
+    """True when every file of the folder has the size and CRC-32 its ``semsearch.json`` recorded
+    (a folder saved before seals records none: checked by counts only, as then)."""
+    if files is None:
+        return True
+    present = {f.name for f in path.iterdir() if f.name != META}
+    return (isinstance(files, dict) and set(files) == present
+            and all(isinstance(s, list) and s == [(path / n).stat().st_size, crc_of(path / n)] for n, s in files.items()))
 
 
 class LexicalIndexes:

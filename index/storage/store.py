@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import IndexCorruptError, SemsearchError
 from ..records import Passage
-from . import filters, migrations
+from . import filters, info_values, migrations
 
 DB_NAME = "semsearch.db"
 NEXT_TABLE = "passages_next"  # filled by a rebuild, swapped in when complete
@@ -143,7 +143,7 @@ class MetadataStore:
 
     # --- info ------------------------------------------------------------------
     def get_info(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
+        return info_values.checked(self.conn.execute("SELECT key, value FROM info"))
 
     def set_info(self, values: dict[str, Any]) -> None:
         self.conn.executemany(
@@ -159,7 +159,7 @@ class MetadataStore:
 
     def generation(self) -> int:
         row = self.conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
-        return int(json.loads(row[0])) if row else 0
+        return info_values.value("generation", row[0]) if row else 0
 
     def bump_generation(self) -> int:
         gen = self.generation() + 1
