@@ -198,7 +198,7 @@ class Case:
 
 
 BOUNDARIES = ("empty", "one byte", "magic", "header", "middle", "last word", "one short")
-BAD_INFO = ("not json {", "null", '"x"', "-1", "1000000000000", "[]", '{"a": 1}', "1.5", '""')
+BAD_INFO = ("not json {", "null", '"x"', "-1", "64", "1000000000000", "[]", '{"a": 1}', "1.5", '""')
 INFO_KEYS = ("generation", "vectors_base", "dimension", "index_type", "vector_seals", "next_passage_id",
              "layer", "pooling", "max_length", "search_tuning", "passage_overlap", "hybrid", "complete")
 

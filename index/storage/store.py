@@ -302,7 +302,11 @@ class MetadataStore:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dimension)
+            blob = b"".join(r[1] for r in rows)
+            if len(blob) != 4 * dimension * len(rows):  # the info table's dimension is damaged
+                raise IndexCorruptError(f"the stored vectors are not {dimension}-d, the dimension {self.path} "
+                                        "records; restore a backup of semsearch.db or rebuild the index")
+            vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dimension)
             yield ids, vecs
             last = int(ids[-1])
 
