@@ -82,12 +82,14 @@ def text_of(i: int, twin: bool) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(5)) + f" {'twin' if twin else 'doc'} {i}"
 
 
-def write_history(path: Path, kind: str, model: str, twin: bool, earlier: Path) -> None:
-    """A base of ``N_DOCS``, then three deltas (adds, a delete with upserts, adds); a copy of the
-    folder after the first delta goes to ``earlier``."""
-    index = Index.create(path, model=model, index_type="flat" if kind == "hybrid" else kind,
-                         hybrid=kind == "hybrid")
-    empty_base = (path / "vectors-0.faiss").read_bytes()  # generation 0's
+def write_history(path: Path, kind: str, empty: Path, twin: bool, earlier: Path) -> None:
+    """From a copy of the ``empty`` index: a base of ``N_DOCS``, then three deltas (adds, a delete
+    with upserts, adds); a copy of the folder after the first delta goes to ``earlier``."""
+    shutil.copytree(empty, path)
+    index = Index.open(path)
+    if kind not in ("flat", "hybrid"):
+        index.rebuild(index_type=kind)
+    empty_base = next(path.glob("vectors-*.faiss")).read_bytes()  # an empty generation's
     engine = FakeEngine()
     docs = lambda ids: [{"id": f"d{i}", "text": text_of(i, twin), "metadata": {"n": i % 3}} for i in ids]  # noqa: E731
     index.add(docs(range(N_DOCS)), engine=engine)
@@ -115,10 +117,13 @@ def pristine(tiny_model, tmp_path_factory):
     """Every kind of index, its twin and its earlier copy, with the child's answer on each."""
     pytest.importorskip("bm25s", reason="the hybrid extra (bm25s) is needed for the bm25-<g>/ folder")
     root = tmp_path_factory.mktemp("pristine")
+    for hybrid in (False, True):
+        Index.create(root / f"empty-{hybrid}", model=tiny_model, hybrid=hybrid).close()
     out = {}
     for kind in KINDS:
         for twin in (False, True):
-            write_history(root / f"{kind}-{twin}", kind, tiny_model, twin, root / f"{kind}-{twin}-earlier")
+            write_history(root / f"{kind}-{twin}", kind, root / f"empty-{kind == 'hybrid'}", twin,
+                          root / f"{kind}-{twin}-earlier")
         out[kind] = Pristine(root / f"{kind}-False", root / f"{kind}-True", root / f"{kind}-False-earlier", {},
                              documents(root / f"{kind}-False"))
         assert list(out[kind].path.glob("vectors-*.delta")), f"{kind}: the history should leave deltas"
