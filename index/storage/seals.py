@@ -24,7 +24,7 @@ from ..ann.base import DATA_SUFFIX
 from ..errors import IndexCorruptError
 
 SETTING = "vector_seals"
-CRC_UP_TO = 1 << 30  # a data file larger than this is sealed by its size only
+CRC_UP_TO = 256 << 20  # a data file larger than this is sealed by its size only
 CHUNK = 1 << 22
 
 
