@@ -228,6 +228,8 @@ def all_cases(pristine: dict, flips: int, seed: int) -> list[Case]:
             cases += [Case(kind, target, "flip", rng.randrange(size * 8)) for _ in range(flips)]
             cases += [Case(kind, target, "extend", rng.randrange(1, 64)), Case(kind, target, "swap"),
                       Case(kind, target, "earlier generation")]
+        for folder in sorted(p.path.glob("bm25-*")):  # the twin's whole folder, its files consistent
+            cases.append(Case(kind, folder.name, "swap folder"))
     return cases
 
 
@@ -248,6 +250,10 @@ def damage(folder: Path, case: Case, p: Pristine) -> bool:
         conn.close()
         return True
     path = folder / case.target
+    if case.damage == "swap folder":
+        shutil.rmtree(path)
+        shutil.copytree(p.twin / case.target, path)
+        return True
     data = bytearray(path.read_bytes())
     if case.damage == "truncate":
         data = data[:cut(len(data), case.arg)]
