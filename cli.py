@@ -1060,7 +1060,7 @@ def serve_limit_options(f):
         f = click.option(f"--{name.replace('_', '-')}", name, type=click.IntRange(1) if kind is int else click.FloatRange(0.1),
                          default=getattr(defaults, name), show_default=True, help=text)(f)
     f = click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
-                     help="Connections served at once (more get 503).")(f)
+                     help="Requests answered at once (more get 503; idle connections do not count).")(f)
     f = click.option("--allow-host", multiple=True, metavar="NAME",
                      help="A Host header to answer (repeatable; default: the --host address and localhost, "
                           "any name on 0.0.0.0).")(f)
@@ -1142,10 +1142,13 @@ def serve(index_path, host, port, token_file, workers, max_body_mb, batch_window
                               batch_window=batch_window_ms / 1000, batch_max=batch_max, workers=workers,
                               limits=limits, allowed_hosts=_allowed_hosts(host, allow_host),
                               log_format=log_format, log_queries=log_queries))
-    # Bounded connections and slow clients: past max_connections a request gets 503; an idle
-    # keep-alive connection is closed after 5 s; headers over h11's 64 KiB are refused.
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            limit_concurrency=max_connections, timeout_keep_alive=5,
+    # Bounded requests and slow clients (search/connections.py): past max_connections requests in
+    # flight a request gets 503; a connection idle for 5 s is closed (idle sockets never count);
+    # headers over h11's 64 KiB are refused.
+    from search.connections import IdleClosingH11Protocol, InFlightLimit
+
+    config = uvicorn.Config(InFlightLimit(app, max_connections), host=host, port=port, log_level="warning",
+                            access_log=False, http=IdleClosingH11Protocol, timeout_keep_alive=5,
                             h11_max_incomplete_event_size=64 * 1024)
     server = uvicorn.Server(config)
     original = server.startup

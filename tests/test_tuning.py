@@ -141,3 +141,12 @@ def test_settings_merge_given_over_tuned(ivf_index):
         assert snap.settings(None).nprobe == tuned
         assert snap.settings(SearchSettings(nprobe=2)).nprobe == 2
         assert snap.settings(SearchSettings(ef_search=40)).nprobe == tuned
+
+
+def test_an_empty_approximate_index_rebuilds_and_tunes_after_its_first_add(tiny_model, tmp_path):
+    """Found by tests/test_model_based.py: re-encoding an empty hnsw index tried to tune on no passages."""
+    index = Index.create(tmp_path / "idx", model=tiny_model, index_type="hnsw")
+    index.rebuild(layer=-1)  # nothing stored: nothing to measure, no crash
+    assert index.config.get("search_tuning") is None
+    index.add(docs(5))
+    assert Tuning.from_info(index.config["search_tuning"]).kind == "hnsw"

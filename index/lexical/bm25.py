@@ -11,8 +11,11 @@ makes it after the generation committed, under the write lock: written to a
 hidden temporary folder and renamed into place, then the folders of other
 generations are removed. A reader loads the folder of the generation its
 read snapshot sees, and only if its recorded passage count and id sum match
-SQLite's; when there is none (the writer is still making it, the index was
-written by a process without hybrid, a folder is damaged) the reader builds
+SQLite's, its files the sizes and CRC-32s its ``semsearch.json`` records, and
+that ``semsearch.json`` the CRC-32 the writer then records in SQLite
+(``bm25_seal``: a whole folder of another index is not served); when there
+is none (the writer is still making it, the index was written by a process
+without hybrid, a folder is damaged) the reader builds
 the index in memory from the snapshot's passages. A stale index is never
 served. ``bm25s`` and ``PyStemmer`` are imported on first use
 (``pip install 'semsearch[hybrid]'``).
@@ -34,11 +37,13 @@ import numpy as np
 from ..errors import SemsearchError
 from ..files import fsync_dir, fsync_file
 from ..storage.folder import numbered_entries
+from ..storage.seals import crc_of
 from ..storage.store import MetadataStore
 
 log = logging.getLogger("semsearch")
 
 SETTING = "hybrid"  # recorded in the index info: keep a BM25 index and search hybrid by default
+SEAL = "bm25_seal"  # recorded in the index info: [generation, CRC-32 of that folder's semsearch.json]
 MISSING = "--hybrid needs bm25s: pip install 'semsearch[hybrid]'"
 MISSING_STEMMER = "--hybrid needs PyStemmer: pip install 'semsearch[hybrid]'"
 FOLDER_PATTERN = re.compile(r"^bm25-(\d+)$")
@@ -154,7 +159,8 @@ class LexicalIndex:
                 count, total = self.summary
                 meta = {"format": FORMAT, "generation": self.generation, "passages": count, "id_sum": total,
                         "empty": self.retriever is None, "tokenization": asdict(self.tokenization),
-                        "k1": K1, "b": B, "method": METHOD}
+                        "k1": K1, "b": B, "method": METHOD,
+                        "files": {f.name: [f.stat().st_size, crc_of(f)] for f in sorted(tmp.iterdir())}}
                 (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
                 for file in tmp.iterdir():
                     fsync_file(file)
@@ -181,7 +187,8 @@ class LexicalIndex:
             tokenization = Tokenization(**meta["tokenization"])
             if (meta.get("format") != FORMAT or meta.get("generation") != generation
                     or tokenization != Tokenization()
-                    or (meta.get("passages"), meta.get("id_sum")) != tuple(expected)):
+                    or (meta.get("passages"), meta.get("id_sum")) != tuple(expected)
+                    or not _sealed(Path(path), meta.get("files"))):
                 return None
             ids = np.load(Path(path) / IDS, allow_pickle=False).astype(np.int64)
             retriever = None if meta.get("empty") else bm25s.BM25.load(path, mmap=False, load_corpus=False)
@@ -192,6 +199,17 @@ class LexicalIndex:
                 retriever is not None and retriever.scores.get("num_docs") != len(ids)):
             return None
         return index
+
+
+def _sealed(path: Path, files: Any) -> bool:
+    """True when every file of the folder has the size and CRC-32 its ``semsearch.json`` recorded
+    (a folder saved before seals records none: checked by counts only, as then)."""
+    if files is None:
+        return True
+    present = {f.name for f in path.iterdir() if f.name != META}
+    return (isinstance(files, dict) and set(files) == present
+            and all(isinstance(s, list) and s == [(path / n).stat().st_size, crc_of(path / n)]
+                    for n, s in files.items()))
 
 
 class LexicalIndexes:
@@ -210,7 +228,8 @@ class LexicalIndexes:
         require()
         expected = self.store.passage_id_summary()
         path = self.folder / folder_name(generation)
-        loaded = LexicalIndex.load(path, generation, expected) if path.is_dir() else None
+        usable = path.is_dir() and self._recorded(path, generation)
+        loaded = LexicalIndex.load(path, generation, expected) if usable else None
         if loaded is None:
             if note:
                 log.info("no BM25 index saved for generation %d of %s; building it in memory (%d passages)",
@@ -218,6 +237,18 @@ class LexicalIndexes:
             loaded = LexicalIndex.build(self.store, generation)
         self.loaded = loaded
         return loaded
+
+    def _recorded(self, path: Path, generation: int) -> bool:
+        """False when SQLite recorded another ``semsearch.json`` for this generation's folder (a folder
+        of another index put here); True when it recorded none for it (an index from before, or a
+        writer stopped between saving the folder and recording it)."""
+        seal = self.store.get_info().get(SEAL)
+        if not (isinstance(seal, list) and len(seal) == 2 and seal[0] == generation):
+            return True
+        try:
+            return crc_of(Path(path) / META) == seal[1]
+        except OSError:
+            return False
 
     def refresh(self, enabled: bool) -> Path | None:
         """For the lock holder, after a write: save the committed generation's index when hybrid is
@@ -229,6 +260,10 @@ class LexicalIndexes:
             kept = self.folder / folder_name(lexical.generation)
             if not kept.is_dir():
                 lexical.save(self.folder)
+            seal = [lexical.generation, crc_of(kept / META)]
+            if self.store.get_info().get(SEAL) != seal:
+                with self.store.transaction():
+                    self.store.set_info({SEAL: seal})
         for generation, path in bm25_folders(self.folder).items():
             if path != kept:
                 shutil.rmtree(path, ignore_errors=True)

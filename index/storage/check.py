@@ -30,6 +30,7 @@ from ..model.precision import MIN_PROBE_COSINE
 from ..model.reference import reference_min_cosine
 from .deltas import delta_files
 from .generations import base_generation, chain_names, data_files, data_name, file_name, read_vectors, vector_files
+from .seals import recorded
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.encoder import Encoder
@@ -98,7 +99,7 @@ def check_index(index: CheckedIndex, sample: int = 20, tolerance: float = 1e-3, 
                                "missing); run `semsearch index repair`")
     else:
         try:
-            on_disk = read_vectors(index.path, base_generation(cfg, generation), generation)
+            on_disk = read_vectors(index.path, base_generation(cfg, generation), generation, recorded(cfg))
         except SemsearchError as exc:
             report.problems.append(str(exc))
     present = [*vector_files(index.path).values(), *data_files(index.path).values(),

@@ -37,6 +37,7 @@ from ..ann.registry import StoredIds, VectorIndex
 from ..errors import SemsearchError
 from .deltas import MAX_DELTAS, Delta, delta_files, delta_name, load_delta
 from .folder import numbered_entries
+from .seals import SETTING as SEALS, recorded, sealed, verify
 from .store import MetadataStore
 
 FILE_PATTERN = re.compile(r"^vectors-(\d+)\.faiss$")
@@ -81,11 +82,14 @@ def remove_temporary_files(folder: Path) -> list[str]:
     return removed
 
 
-def read_vectors(folder: Path, base: int, generation: int) -> VectorIndex:
+def read_vectors(folder: Path, base: int, generation: int, seals: dict | None = None) -> VectorIndex:
     """The base file of ``base`` with the deltas up to ``generation`` applied (SemsearchError or
-    FileNotFoundError when one is damaged or missing)."""
-    vectors = registry.load(Path(folder) / file_name(base))
+    FileNotFoundError when one is damaged, missing, or does not match its recorded seal, ``seals``)."""
+    verify(Path(folder) / file_name(base), seals)
+    vectors = registry.load(Path(folder) / file_name(base))  # an ivf-disk base maps its data file, not read yet
+    verify(Path(folder) / data_name(base), seals)
     for g in range(base + 1, generation + 1):
+        verify(Path(folder) / delta_name(g), seals)
         delta = load_delta(Path(folder) / delta_name(g), vectors.dimension)
         vectors.remove(delta["removed"])
         vectors.add(delta["ids"], delta["vectors"])
@@ -154,7 +158,7 @@ class Generations:
             info = store.get_info()
             dimension = int(info["dimension"])
             base = base_generation(info, generation)
-            vectors = self._read(base, generation, dimension)
+            vectors = self._read(base, generation, dimension, recorded(info))
             if vectors is not None:
                 vectors = self._matching(vectors, dimension)
             from_file = vectors is not None
@@ -165,10 +169,10 @@ class Generations:
         self.vectors, self.generation, self.base = vectors, generation, base
         return from_file
 
-    def _read(self, base: int, generation: int, dimension: int) -> VectorIndex | None:
+    def _read(self, base: int, generation: int, dimension: int, seals: dict) -> VectorIndex | None:
         """``read_vectors``, or None when a file is missing or damaged or of another dimension."""
         try:
-            vectors = read_vectors(self.folder, base, generation)
+            vectors = read_vectors(self.folder, base, generation, seals)
         except (SemsearchError, FileNotFoundError):
             return None
         return vectors if vectors.dimension == dimension else None
@@ -203,7 +207,8 @@ class Generations:
         other vector file."""
         path = self.vectors.save(self.folder / file_name(self.generation))
         with self.store.transaction():
-            self.store.set_info({"vectors_base": self.generation, BASE_COUNT: self.vectors.ntotal})
+            self.store.set_info({"vectors_base": self.generation, BASE_COUNT: self.vectors.ntotal,
+                                 SEALS: self._base_seals(self.generation)})
         self.base = self.generation
         self.remove_other_files()
         return path
@@ -247,13 +252,19 @@ class Generations:
         data = None if rebuilt or commit.replaced else commit.delta.encode(self.vectors.dimension)
         if data is None or self._compaction_due(base, generation, len(data)):
             self.vectors.save(self.folder / file_name(generation))
-            self.store.set_info({"vectors_base": generation, BASE_COUNT: self.vectors.ntotal})
+            self.store.set_info({"vectors_base": generation, BASE_COUNT: self.vectors.ntotal,
+                                 SEALS: self._base_seals(generation)})
             base = generation
         else:
             commit.delta.save(self.folder / delta_name(generation), self.vectors.dimension, data)
+            kept = {k: v for k, v in recorded(info).items() if k in {*chain_names(base, generation), data_name(base)}}
+            self.store.set_info({SEALS: sealed(self.folder, [delta_name(generation)], kept)})
             if "vectors_base" not in info:
                 self.store.set_info({"vectors_base": base})
         self.generation, self.base = generation, base
+
+    def _base_seals(self, generation: int) -> dict[str, list]:
+        return sealed(self.folder, [file_name(generation), data_name(generation)])
 
     def _compaction_due(self, base: int, generation: int, pending: int) -> bool:
         """True when the deltas since ``base`` (with this one, of ``pending`` bytes) would outgrow

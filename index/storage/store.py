@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import IndexCorruptError, SemsearchError
 from ..records import Passage
-from . import filters, migrations, space
+from . import filters, info_values, migrations, space
 
 DB_NAME = "semsearch.db"
 NEXT_TABLE = "passages_next"  # filled by a rebuild, swapped in when complete
@@ -145,7 +145,7 @@ class MetadataStore:
 
     # --- info ------------------------------------------------------------------
     def get_info(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM info")}
+        return info_values.checked(self.conn.execute("SELECT key, value FROM info"))
 
     def set_info(self, values: dict[str, Any]) -> None:
         self.conn.executemany(
@@ -161,7 +161,7 @@ class MetadataStore:
 
     def generation(self) -> int:
         row = self.conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
-        return int(json.loads(row[0])) if row else 0
+        return info_values.value("generation", row[0]) if row else 0
 
     def bump_generation(self) -> int:
         gen = self.generation() + 1
@@ -304,7 +304,11 @@ class MetadataStore:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dimension)
+            blob = b"".join(r[1] for r in rows)
+            if len(blob) != 4 * dimension * len(rows):  # the info table's dimension is damaged
+                raise IndexCorruptError(f"the stored vectors are not {dimension}-d, the dimension {self.path} "
+                                        "records; restore a backup of semsearch.db or rebuild the index")
+            vecs = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dimension)
             yield ids, vecs
             last = int(ids[-1])
 

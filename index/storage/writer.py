@@ -320,6 +320,8 @@ class Writer:
             return recorded
         dimension = int(info["dimension"])
         ids = self.store.passage_ids()
+        if not len(ids):  # nothing stored yet: nothing to measure (tuned after the first add)
+            return None
         sample = np.sort(np.random.default_rng(0).choice(ids, min(tuning.QUERIES, len(ids)), replace=False))
         stored = self.store.vectors_of(sample, dimension)
         queries = tuning.proxy_queries(np.stack([stored[int(i)] for i in sample]))
