@@ -1,0 +1,77 @@
+"""How a filtered search runs: exact scoring of a few passages, or the ANN index with an id selector.
+
+The choice is made here, per query, from the number of passages the filter
+allows (``Snapshot.allowed_ids``, computed through the filter indexes):
+
+- at most ``EXACT_MAX`` passages: their stored vectors are scored exactly (no
+  ANN search; the ids come from an index lookup, the vectors from SQLite);
+- more: the vector index is searched with the allowed ids as FAISS's id
+  selector, fetching more passages until ``k`` documents are found; an
+  approximate index (IVF, HNSW) that still returns fewer than ``k`` documents
+  while more are allowed is answered exactly when the allowed set is at most
+  ``EXACT_FALLBACK_MAX`` passages.
+
+So ``k`` hits come back whenever ``k`` documents match (up to the fallback's
+bound on an approximate index).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from index.records import Passage
+
+EXACT_MAX = 2_048  # allowed passages scored exactly instead of an ANN search
+EXACT_FALLBACK_MAX = 50_000  # allowed passages an approximate index may hand over to exact scoring
+
+
+def best_passages(snap: Any, vector: np.ndarray, k: int, allowed: np.ndarray | None, settings: Any
+                  ) -> list[tuple[str, float, Passage]]:
+    """Best passage per document for the top ``k`` documents: ``[(doc_id, score, passage)]``."""
+    pool = snap.vectors.ntotal if allowed is None else len(allowed)
+    if pool == 0:
+        return []
+    if allowed is not None and pool <= EXACT_MAX:
+        return exact(snap, vector, k, allowed)
+    fetch = min(pool, snap.candidates(k))
+    while True:
+        found = snap.search(vector, fetch, allowed, settings)
+        if snap.needs_rerank:  # compressed scores: re-rank the candidates exactly
+            found = snap.rerank(vector, [pid for pid, _ in found])
+        best = _per_document(snap, found)
+        if len(best) >= k or fetch >= pool:
+            if (allowed is not None and len(best) < k and len(found) < pool
+                    and pool <= EXACT_FALLBACK_MAX):  # an approximate index missed allowed passages
+                return exact(snap, vector, k, allowed)
+            return _top(best, k)
+        fetch = min(pool, fetch * 4)
+
+
+def exact(snap: Any, vector: np.ndarray, k: int, ids: np.ndarray) -> list[tuple[str, float, Passage]]:
+    """The top ``k`` documents among the passages ``ids``, scored from their stored vectors."""
+    scored = snap.rerank(vector, [int(i) for i in ids])  # exact scores, best first
+    best: dict[str, tuple[float, Passage]] = {}
+    step = max(4 * k, 64)
+    for start in range(0, len(scored), step):  # rows of the best passages only, until k documents
+        chunk = scored[start : start + step]
+        best.update({d: v for d, v in _per_document(snap, chunk).items() if d not in best})
+        if len(best) >= k:
+            break
+    return _top(best, k)
+
+
+def _per_document(snap: Any, found: list[tuple[int, float]]) -> dict[str, tuple[float, Passage]]:
+    rows = snap.passages([pid for pid, _ in found])
+    best: dict[str, tuple[float, Passage]] = {}
+    for pid, score in found:
+        if pid in rows:
+            doc_id, passage = rows[pid]
+            best.setdefault(doc_id, (score, passage))
+    return best
+
+
+def _top(best: dict[str, tuple[float, Passage]], k: int) -> list[tuple[str, float, Passage]]:
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+    return [(doc_id, score, passage) for doc_id, (score, passage) in ranked]
