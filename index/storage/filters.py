@@ -5,7 +5,8 @@ The language is ``filter_language`` (``{"year": {"$gte": 2021}}``, ``$or``,
 ``metadata_values`` and ``documents_text`` indexes that the triggers of
 migration m002 keep with the documents. The ids of a filter are cached per
 store and committed generation (every write bumps the generation, so a cached
-set is never stale). ``legacy_passage_ids`` is the scan this replaced (the
+set is never stale; a metadata-only update, which keeps the generation, bumps the
+``filter_epoch`` that the cache also keys on). ``legacy_passage_ids`` is the scan this replaced (the
 ``json_each`` of every document's metadata, equality only), kept for
 ``bench/filters.py --legacy-scan``.
 
@@ -40,11 +41,11 @@ class _Cache:
     """The allowed ids of recent filters of one store, for one generation at a time (LRU)."""
 
     def __init__(self):
-        self.generation: int | None = None
+        self.generation: Any = None
         self.entries: OrderedDict[str, np.ndarray] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, generation: int, key: str) -> np.ndarray | None:
+    def get(self, generation: Any, key: str) -> np.ndarray | None:
         with self.lock:
             if generation != self.generation:
                 return None
@@ -53,7 +54,7 @@ class _Cache:
                 self.entries.move_to_end(key)
             return found
 
-    def put(self, generation: int, key: str, ids: np.ndarray) -> None:
+    def put(self, generation: Any, key: str, ids: np.ndarray) -> None:
         with self.lock:
             if generation != self.generation:
                 self.generation, self.entries = generation, OrderedDict()
@@ -63,9 +64,10 @@ class _Cache:
                 self.entries.popitem(last=False)
 
 
-def allowed_passage_ids(store: Any, generation: int, where: Any) -> np.ndarray | None:
+def allowed_passage_ids(store: Any, generation: Any, where: Any) -> np.ndarray | None:
     """Passage ids of the documents that ``where`` matches, read inside the caller's snapshot of
-    ``generation`` (None: no filter). Cached per store and generation."""
+    ``generation`` (None: no filter). Cached per store and generation: any value that changes with
+    every write a filter can see (the snapshot passes its generation and the documents' epoch)."""
     node = filter_language.parse(where)
     if node is None:
         return None

@@ -21,6 +21,7 @@ from ..ann.tuning import Tuning
 from ..model.config import EncoderConfig
 from ..records import Passage
 from . import filters
+from .migrations import FILTER_EPOCH
 from .store import MetadataStore
 
 
@@ -50,10 +51,11 @@ class Snapshot:
     # --- vector search ------------------------------------------------------------------
     def allowed_ids(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
         """Passage ids of the documents that the filter ``where`` matches (None: no filter; the
-        language: ``filter_language``), cached for this generation."""
+        language: ``filter_language``), cached while neither the generation nor the documents change."""
         if where is None:
             return None
-        return filters.allowed_passage_ids(self.store, self.generation, dict(where) if isinstance(where, Mapping) else where)
+        state = (self.generation, self.info.get(FILTER_EPOCH))
+        return filters.allowed_passage_ids(self.store, state, dict(where) if isinstance(where, Mapping) else where)
 
     @property
     def tuning(self) -> Tuning | None:
