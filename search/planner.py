@@ -23,7 +23,7 @@ import numpy as np
 
 from index.records import Passage
 
-EXACT_MAX = 2_048  # allowed passages scored exactly instead of an ANN search
+EXACT_MAX = 512  # allowed passages scored exactly instead of an ANN search
 EXACT_FALLBACK_MAX = 50_000  # allowed passages an approximate index may hand over to exact scoring
 
 
@@ -51,7 +51,13 @@ def best_passages(snap: Any, vector: np.ndarray, k: int, allowed: np.ndarray | N
 
 def exact(snap: Any, vector: np.ndarray, k: int, ids: np.ndarray) -> list[tuple[str, float, Passage]]:
     """The top ``k`` documents among the passages ``ids``, scored from their stored vectors."""
-    scored = snap.rerank(vector, [int(i) for i in ids])  # exact scores, best first
+    stored = snap.store.vectors_of([int(i) for i in ids], len(vector))
+    if not stored:
+        return []
+    pids = np.fromiter(stored, dtype=np.int64, count=len(stored))
+    scores = np.stack(list(stored.values())) @ vector
+    order = np.argsort(-scores, kind="stable")
+    scored = [(int(pids[j]), float(scores[j])) for j in order]  # exact scores, best first
     best: dict[str, tuple[float, Passage]] = {}
     step = max(4 * k, 64)
     for start in range(0, len(scored), step):  # rows of the best passages only, until k documents

@@ -61,7 +61,10 @@ def clause(text: str, label: str = "--where") -> dict[str, Any]:
     else:
         raise FilterError(at, "expected key=value, key!=value, key>=N (> < <=), key in a,b, "
                               "text~words or key exists")
-    filter_language.parse(out, at)
+    try:
+        filter_language.parse(out, at)
+    except FilterError as exc:  # the clause names the place; the JSON path inside it would only confuse
+        raise FilterError(at, exc.problem) from None
     return out
 
 
