@@ -392,3 +392,50 @@ def test_an_approximate_index_still_returns_k_hits_when_k_documents_match(tiny_m
     exact_ids = [h.id for h in Searcher(index).search("item", k=40, where=where)]
     assert [h.id for h in hits] == exact_ids
     assert math.isfinite(hits[0].score)
+
+
+def test_hybrid_and_bm25_sides_and_shards_take_the_language(tiny_model, tmp_path):
+    pytest.importorskip("bm25s", reason="hybrid retrieval needs bm25s (pip install 'semsearch[hybrid]')")
+    from index.distributed.shards import ShardedIndex
+    from search.sharded import ShardedSearcher
+
+    where = {"$or": [{"year": {"$gte": 2021}}, {"$contains": "E1234"}], "lang": {"$ne": "ko"}}
+    want = expected(where)
+    hybrid, _ = Index.build(tmp_path / "hybrid", DOCS, model=tiny_model, hybrid=True)
+    searcher = Searcher(hybrid)
+    assert {h.id for h in searcher.search("error E1234", k=100, where=where, hybrid=True)} == want
+    bm25 = searcher.search_bm25(["error E1234 refund boat"], k=100, where=where)[0]
+    assert bm25 and {h.id for h in bm25} <= want
+    assert {h.id for h in bm25} == {h.id for h in searcher.search_bm25(["error E1234 refund boat"], k=100)[0]} & want
+    sharded, _ = ShardedIndex.build(tmp_path / "sharded", DOCS, shards=3, model=tiny_model)
+    assert {h.id for h in ShardedSearcher(sharded).search("error", k=100, where=where)} == want
+    with pytest.raises(FilterError):
+        ShardedSearcher(sharded).search("error", k=5, where={"year": {"$gte": "soon"}})
+
+
+def test_eval_runs_each_query_with_its_own_filter_and_the_common_one(tmp_path):
+    from search.evaluation import evaluate_index, plan_evaluation
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("\n".join(json.dumps(q) for q in [
+        {"_id": "a", "text": "one", "where": {"lang": "en"}},
+        {"_id": "b", "text": "two"},
+        {"_id": "c", "text": "three", "where": {"lang": "en"}},
+    ]) + "\n", encoding="utf-8")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\na\td1\t1\nb\td1\t1\nc\td1\t1\n", encoding="utf-8")
+    calls = []
+
+    class Recorder:
+        def search_many(self, texts, k, where=None):
+            calls.append((list(texts), where))
+            return [[] for _ in texts]
+
+    evaluate_index(Recorder(), plan_evaluation(queries, qrels), where={"year": {"$gte": 2021}})
+    assert sorted(calls, key=str) == sorted([
+        (["one", "three"], {"$and": [{"year": {"$gte": 2021}}, {"lang": "en"}]}),
+        (["two"], {"year": {"$gte": 2021}}),
+    ], key=str)
+    queries.write_text(json.dumps({"_id": "a", "text": "one", "where": {"lang": {"$bad": 1}}}) + "\n", encoding="utf-8")
+    with pytest.raises(Exception, match=r"queries.jsonl:1: query 'a': invalid filter at where.lang.\$bad"):
+        plan_evaluation(queries, qrels)

@@ -17,15 +17,27 @@ from typing import Any
 from .filter_language import All, Any_, Compare, Contains, Node, Not
 
 FTS_MIN = 3  # characters a trigram index can look up; a shorter $contains reads the texts
-_NUMERIC = "('integer', 'real')"
 _RANGE_SQL = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _ALL_DOCUMENTS = "SELECT id FROM documents"
 
 
 def passage_query(node: Node) -> tuple[str, list]:
-    """``(sql, params)`` selecting the passage ids of the documents that ``node`` matches."""
-    docs, params = documents_query(node)
-    return f"SELECT p.id FROM passages p WHERE p.document_id IN ({docs})", params
+    """``(sql, params)`` selecting the passage ids of the documents that ``node`` matches. A ``$not``
+    at the top (``$ne``, ``$nin``) becomes ``NOT IN``, checked against the passages' document
+    index, rather than the EXCEPT of every document id."""
+    parts = node.parts if isinstance(node, All) else (node,)
+    positive = [p for p in parts if not isinstance(p, Not)]
+    negative = [p.part for p in parts if isinstance(p, Not)]
+    tests, params = [], []
+    if positive:
+        docs, args = _compound("INTERSECT", positive) if len(positive) > 1 else documents_query(positive[0])
+        tests.append(f"p.document_id IN ({docs})")
+        params += args
+    for part in negative:
+        docs, args = documents_query(part)
+        tests.append(f"p.document_id NOT IN ({docs})")
+        params += args
+    return "SELECT p.id FROM passages p WHERE " + " AND ".join(tests), params
 
 
 def documents_query(node: Node) -> tuple[str, list]:
@@ -92,8 +104,10 @@ def _equal_any(base: str, key: str, values) -> tuple[str, list]:
         selects.append((f"{base} AND value_text IN ('true', 'false') AND type IN ('true', 'false') "
                         "AND value_text IN (SELECT lower(value) FROM json_each(?))", [key, _json(texts)]))
     if numbers:
-        selects.append((f"{base} AND value_num IN (SELECT value FROM json_each(?)) AND value_num IS NOT NULL "
-                        f"AND type IN {_NUMERIC}", [key, _json(numbers)]))
+        # value_num is set for integer and real values only; naming no other column keeps the
+        # lookup an equality on the covering (key, value_num) index
+        selects.append((f"{base} AND value_num IN (SELECT value FROM json_each(?)) AND value_num IS NOT NULL",
+                        [key, _json(numbers)]))
     for name in bools:
         selects.append((f"{base} AND value_text = ? AND type = ?", [key, name, name]))
     if nulls:
