@@ -439,3 +439,20 @@ def test_eval_runs_each_query_with_its_own_filter_and_the_common_one(tmp_path):
     queries.write_text(json.dumps({"_id": "a", "text": "one", "where": {"lang": {"$bad": 1}}}) + "\n", encoding="utf-8")
     with pytest.raises(Exception, match=r"queries.jsonl:1: query 'a': invalid filter at where.lang.\$bad"):
         plan_evaluation(queries, qrels)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq", "ivf-disk"])
+def test_every_index_type_searches_with_the_allowed_ids(tiny_model, tmp_path, monkeypatch, kind):
+    from search import planner
+
+    index, _ = Index.build(tmp_path / kind, DOCS, model=tiny_model, index_type=kind)
+    where = {"$or": [{"lang": {"$exists": True}}, {"year": {"$gte": 2021}}]}
+    want = expected(where)
+    assert 10 < len(want) < len(DOCS)
+    exact = Searcher(index).search("error number", k=10, where=where)  # a few passages: scored exactly
+    monkeypatch.setattr(planner, "EXACT_MAX", 0)  # the ANN index with the cached (read-only) ids as selector
+    hits = Searcher(index).search("error number", k=10, where=where)
+    assert len(hits) == 10 and {h.id for h in hits} <= want
+    assert {h.id for h in Searcher(index).search("error number", k=100, where=where)} == want
+    if kind == "flat":  # both exact: the same ranking
+        assert [h.id for h in exact] == [h.id for h in hits]
