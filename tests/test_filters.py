@@ -456,3 +456,23 @@ def test_every_index_type_searches_with_the_allowed_ids(tiny_model, tmp_path, mo
     assert {h.id for h in Searcher(index).search("error number", k=100, where=where)} == want
     if kind == "flat":  # both exact: the same ranking
         assert [h.id for h in exact] == [h.id for h in hits]
+
+
+def test_query_through_a_server_takes_filters_and_per_line_filters(built, tmp_path):
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"_id": "a", "text": "error", "where": {"year": {"$gte": 2021}}}) + "\n"
+                       + json.dumps({"_id": "b", "text": "boat"}) + "\n", encoding="utf-8")
+    runner = CliRunner()
+    with serving(built) as (url, _):
+        ready(url)
+        one = runner.invoke(cli, ["query", "error", "--server", url, "-k", "100", "--json",
+                                  "--where", "lang!=en", "--where", "text~E1234"])
+        assert one.exit_code == 0, one.output
+        assert {h["id"] for h in json.loads(one.stdout)["hits"]} == expected(
+            {"lang": {"$ne": "en"}, "$contains": "E1234"})
+        many = runner.invoke(cli, ["query", "--queries", str(queries), "--server", url, "-k", "100",
+                                   "--filter", '{"flag": {"$exists": true}}'])
+        assert many.exit_code == 0, many.output
+        a, b = [json.loads(line) for line in many.stdout.splitlines()]
+        assert {h["id"] for h in a["hits"]} == expected({"flag": {"$exists": True}, "year": {"$gte": 2021}})
+        assert {h["id"] for h in b["hits"]} == expected({"flag": {"$exists": True}})
