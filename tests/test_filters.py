@@ -476,3 +476,19 @@ def test_query_through_a_server_takes_filters_and_per_line_filters(built, tmp_pa
         a, b = [json.loads(line) for line in many.stdout.splitlines()]
         assert {h["id"] for h in a["hits"]} == expected({"flag": {"$exists": True}, "year": {"$gte": 2021}})
         assert {h["id"] for h in b["hits"]} == expected({"flag": {"$exists": True}})
+
+
+def test_check_finds_a_damaged_filter_index_and_repair_refills_it(tiny_model, tmp_path):
+    index, _ = Index.build(tmp_path / "idx", DOCS, model=tiny_model)
+    where = {"year": {"$gte": 2021}}
+    assert {h.id for h in Searcher(index).search("error", k=100, where=where)} == expected(where)
+    with index.store.transaction():
+        index.store.conn.execute("DELETE FROM metadata_values WHERE key = 'year'")
+    report = index.check(sample=2)
+    assert not report.ok and any("metadata filter index" in p for p in report.problems)
+    actions = index.repair().actions
+    assert any(a.startswith("rebuilt the metadata filter indexes") for a in actions)
+    assert index.check(sample=2).ok
+    assert {h.id for h in Searcher(index).search("error", k=100, where=where)} == expected(where)
+    assert {h.id for h in Searcher(index).search("error", k=100, where={"$contains": "E1234"})} == expected(
+        {"$contains": "E1234"})

@@ -58,6 +58,8 @@ _VALUE_ROWS = """SELECT {doc}, je.key, je.type,
     FROM {source} json_each({metadata}) je"""
 
 
+FILL_METADATA_VALUES = ("INSERT INTO metadata_values (document_id, key, type, value_text, value_num) "
+                        + _VALUE_ROWS.format(doc="d.id", source="documents d,", metadata="d.metadata"))
 FILTER_EPOCH = "filter_epoch"  # info key: bumped by every change a filter can see (cached filters key on it)
 _BUMP = f"UPDATE info SET value = CAST(value AS INTEGER) + 1 WHERE key = '{FILTER_EPOCH}';"
 
@@ -105,8 +107,7 @@ def m002_metadata_values(db: "sqlite_utils.Database") -> None:
         INSERT INTO documents_text (rowid, text) VALUES (new.rowid, new.text);
         {_BUMP}
     END""")
-    rows = _VALUE_ROWS.format(doc="d.id", source="documents d,", metadata="d.metadata")
-    db.execute(f"INSERT INTO metadata_values (document_id, key, type, value_text, value_num) {rows}")
+    db.execute(FILL_METADATA_VALUES)
     db.execute("INSERT INTO documents_text (documents_text) VALUES ('rebuild')")
 
 
