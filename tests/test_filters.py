@@ -358,7 +358,9 @@ def test_a_migrated_legacy_database_answers_old_filters_as_the_scan_did(tmp_path
 
     legacy = Path(__file__).resolve().parent / "fixtures" / "legacy" / "flat" / "semsearch.db"
     shutil.copy(legacy, tmp_path / "semsearch.db")
-    old = sqlite3.connect(legacy.as_uri() + "?mode=ro", uri=True)  # the fixture itself, not migrated
+    (tmp_path / "old").mkdir()
+    shutil.copy(legacy, tmp_path / "old" / "semsearch.db")
+    old = sqlite3.connect(tmp_path / "old" / "semsearch.db")  # a copy left as that code wrote it, not migrated
     pairs = {(k, v) for (meta,) in old.execute("SELECT metadata FROM documents") for k, v in json.loads(meta).items()}
     wheres = [{k: v} for k, v in pairs] + [{"topic": "account", "answer": "nope"}, {"topic": "nowhere"}, {}]
     before = [sorted(filters.legacy_passage_ids(old, w).tolist()) for w in wheres]
