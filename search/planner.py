@@ -3,8 +3,11 @@
 The choice is made here, per query, from the number of passages the filter
 allows (``Snapshot.allowed_ids``, computed through the filter indexes):
 
-- at most ``EXACT_MAX`` passages: their stored vectors are scored exactly (no
-  ANN search; the ids come from an index lookup, the vectors from SQLite);
+- on a flat index, up to ``IN_MEMORY_SHARE`` of it: the allowed passages are
+  scored exactly from the vectors in memory (``VectorIndex.score_ids``: a
+  gather and one matrix product, no scan of the other vectors);
+- else at most ``EXACT_MAX`` passages: their stored vectors are scored exactly
+  (no ANN search; the vectors read from SQLite);
 - more: the vector index is searched with the allowed ids as FAISS's id
   selector, fetching more passages until ``k`` documents are found; an
   approximate index (IVF, HNSW) that still returns fewer than ``k`` documents
@@ -24,6 +27,7 @@ import numpy as np
 from index.records import Passage
 
 EXACT_MAX = 512  # allowed passages scored exactly instead of an ANN search
+IN_MEMORY_SHARE = 0.25  # allowed share of a flat index scored from memory instead of searched
 EXACT_FALLBACK_MAX = 50_000  # allowed passages an approximate index may hand over to exact scoring
 
 
@@ -33,8 +37,12 @@ def best_passages(snap: Any, vector: np.ndarray, k: int, allowed: np.ndarray | N
     pool = snap.vectors.ntotal if allowed is None else len(allowed)
     if pool == 0:
         return []
-    if allowed is not None and pool <= EXACT_MAX:
-        return exact(snap, vector, k, allowed)
+    if allowed is not None and pool <= max(EXACT_MAX, IN_MEMORY_SHARE * snap.vectors.ntotal):
+        scored = snap.vectors.score_ids(vector, allowed)  # flat: the vectors in memory, no scan
+        if scored is not None:
+            return exact_scored(snap, *scored, k)
+        if pool <= EXACT_MAX:
+            return exact(snap, vector, k, allowed)
     fetch = min(pool, snap.candidates(k))
     while True:
         found = snap.search(vector, fetch, allowed, settings)
@@ -55,17 +63,22 @@ def exact(snap: Any, vector: np.ndarray, k: int, ids: np.ndarray) -> list[tuple[
     if not stored:
         return []
     pids = np.fromiter(stored, dtype=np.int64, count=len(stored))
-    scores = np.stack(list(stored.values())) @ vector
-    order = np.argsort(-scores, kind="stable")
-    scored = [(int(pids[j]), float(scores[j])) for j in order]  # exact scores, best first
-    best: dict[str, tuple[float, Passage]] = {}
-    step = max(4 * k, 64)
-    for start in range(0, len(scored), step):  # rows of the best passages only, until k documents
-        chunk = scored[start : start + step]
-        best.update({d: v for d, v in _per_document(snap, chunk).items() if d not in best})
-        if len(best) >= k:
-            break
-    return _top(best, k)
+    return exact_scored(snap, pids, np.stack(list(stored.values())) @ vector, k)
+
+
+def exact_scored(snap: Any, pids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[str, float, Passage]]:
+    """The top ``k`` documents of passages scored exactly (rows fetched for the best ones only)."""
+    if not len(pids):
+        return []
+    want = max(4 * k, 64)
+    while True:  # rows of the best passages only, until k documents
+        want = min(want, len(pids))
+        top = np.argpartition(-scores, want - 1)[:want] if want < len(pids) else np.arange(len(pids))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        best = _per_document(snap, [(int(pids[j]), float(scores[j])) for j in top])
+        if len(best) >= k or want == len(pids):
+            return _top(best, k)
+        want *= 4
 
 
 def _per_document(snap: Any, found: list[tuple[int, float]]) -> dict[str, tuple[float, Passage]]:

@@ -494,3 +494,23 @@ def test_check_finds_a_damaged_filter_index_and_repair_refills_it(tiny_model, tm
     assert {h.id for h in Searcher(index).search("error", k=100, where=where)} == expected(where)
     assert {h.id for h in Searcher(index).search("error", k=100, where={"$contains": "E1234"})} == expected(
         {"$contains": "E1234"})
+
+
+def test_a_flat_index_scores_ids_from_memory_exactly():
+    from index.ann.flat import FlatIndex
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 8)).astype(np.float32)
+    ids = rng.permutation(np.arange(1000, 1300))  # added out of order
+    index = FlatIndex.empty(8)
+    index.add(ids[:200], vectors[:200])
+    query = rng.standard_normal(8).astype(np.float32)
+    asked = np.array([ids[5], 999_999, ids[150], ids[250], ids[0]])  # one unknown, one not added yet
+    held, scores = index.score_ids(query, asked)
+    assert held.tolist() == [ids[5], ids[150], ids[0]]
+    assert np.allclose(scores, vectors[[5, 150, 0]] @ query, atol=1e-5)
+    index.add(ids[200:], vectors[200:])  # a write forgets the cached positions
+    index.remove([ids[5]])
+    held, scores = index.score_ids(query, asked)
+    assert held.tolist() == [ids[150], ids[250], ids[0]]
+    assert np.allclose(scores, vectors[[150, 250, 0]] @ query, atol=1e-5)
