@@ -235,16 +235,16 @@ def _report_add(result, path, seconds: float, report) -> None:
     )
 
 
-def _parse_where(pairs: Iterable[str]) -> dict[str, str] | None:
-    where: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SemsearchError(f"--where {pair!r}: expected key=value")
-        if key in where:
-            raise SemsearchError(f"--where names {key!r} twice")
-        where[key] = value
-    return where or None
+def _parse_where(clauses: Iterable[str], json_text: str | None = None) -> dict[str, Any] | None:
+    """``--where`` clauses and ``--filter JSON``, ANDed, as one filter (``index.storage.filter_syntax``)."""
+    from index.storage.filter_syntax import combine
+
+    return combine(clauses, json_text)
+
+
+def _and(*filters: dict[str, Any] | None) -> dict[str, Any] | None:
+    given = [f for f in filters if f]
+    return None if not given else given[0] if len(given) == 1 else {"$and": given}
 
 
 def _dump(obj: Any) -> str:
@@ -564,7 +564,11 @@ def index_repair(index_path, wait) -> None:
 @click.argument("text", required=False)
 @index_option
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Number of documents to return.")
-@click.option("--where", multiple=True, metavar="KEY=VALUE", help="Only documents whose metadata KEY equals VALUE (repeatable).")
+@click.option("--where", multiple=True, metavar="CLAUSE",
+              help="Only documents matching CLAUSE (repeatable, all must match): lang=en, lang!=en, year>=2021, "
+                   "lang in en,ko, text~E1234, key exists (docs/filters.md).")
+@click.option("--filter", "filter_json", default=None, metavar="JSON",
+              help='A filter in the JSON language, e.g. \'{"$or": [{"lang": "en"}, {"year": {"$gte": 2021}}]}\'.')
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per query).")
 @click.option("--queries", "queries_file", type=click.Path(dir_okay=False),
               help="Run every query of a BEIR queries.jsonl file; prints JSON lines. Bad lines are reported "
@@ -576,20 +580,21 @@ def index_repair(index_path, wait) -> None:
 @hybrid_option
 @quiet_option
 @click.pass_context
-def query(ctx, text, index_path, k, where, as_json, queries_file, server, ef_search, nprobe, hybrid, quiet) -> None:
+def query(ctx, text, index_path, k, where, filter_json, as_json, queries_file, server, ef_search, nprobe, hybrid,
+          quiet) -> None:
     """Find the documents that mean the same as TEXT.
 
     \b
     Example:
       semsearch query "I forgot my login secret" -k 5
-      semsearch query "refund" --where lang=en --json
+      semsearch query "refund" --where lang=en --where 'year>=2021' --json
       semsearch query "error E1234 on startup" --hybrid
       semsearch query --queries queries.jsonl --json > results.jsonl
       semsearch query "refund" --server http://127.0.0.1:8000
     """
     if (text is None) == (queries_file is None):
         raise SemsearchError("give either a query TEXT or --queries FILE")
-    filters = _parse_where(where)
+    filters = _parse_where(where, filter_json)
     engine = _query_engine(server, index_path, ef_search, nprobe, hybrid)
     if queries_file:
         from search.beir import load_queries
@@ -601,7 +606,8 @@ def query(ctx, text, index_path, k, where, as_json, queries_file, server, ef_sea
         skipped = len(problems)
         for start in range(0, len(queries), 256):
             chunk = queries[start : start + 256]
-            for q, outcome in zip(chunk, engine.search_many([q.text for q in chunk], k, filters)):
+            wheres = [_and(filters, q.where) for q in chunk]  # a line's own "where" too
+            for q, outcome in zip(chunk, engine.search_many([q.text for q in chunk], k, wheres)):
                 if outcome.get("error"):
                     click.echo(f"skipped: {queries_file}: query {q.id}: {outcome['error']}", err=True)
                     skipped += 1
@@ -635,10 +641,10 @@ class _LocalEngine:
     def search(self, text, k, where):
         return [h.as_dict() for h in self.searcher.search(text, k=k, where=where)]
 
-    def search_many(self, texts, k, where):
+    def search_many(self, texts, k, wheres):
         from search.searcher import SearchRequest
 
-        return [o.as_dict() for o in self.searcher.search_batch([SearchRequest(t, k, where) for t in texts])]
+        return [o.as_dict() for o in self.searcher.search_batch([SearchRequest(t, k, w) for t, w in zip(texts, wheres)])]
 
 
 def _query_engine(server, index_path, ef_search, nprobe, hybrid=None):
@@ -1005,10 +1011,14 @@ def layers_cmd(texts, model, keep_hangul, as_json, plot_path) -> None:
 @click.option("--qrels", "qrels_file", required=True, type=click.Path(dir_okay=False),
               help="Relevance judgements: TSV query-id, corpus-id, score.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--where", multiple=True, metavar="CLAUSE",
+              help="Only documents matching CLAUSE (repeatable; the syntax of `query --where`).")
+@click.option("--filter", "filter_json", default=None, metavar="JSON", help="A filter in the JSON language.")
 @search_options
 @hybrid_option
 @quiet_option
-def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprobe, hybrid, quiet) -> None:
+def evaluate_cmd(index_path, queries_file, qrels_file, as_json, where, filter_json, ef_search, nprobe, hybrid,
+                 quiet) -> None:
     """Measure retrieval quality: nDCG@10, MRR@10 and Recall@1/5/10/100.
 
     Only queries that appear in the qrels are run.
@@ -1021,13 +1031,14 @@ def evaluate_cmd(index_path, queries_file, qrels_file, as_json, ef_search, nprob
     from search.evaluation import evaluate_index, format_table, plan_evaluation
     from search.sharded import open_searcher
 
+    filters = _parse_where(where, filter_json)
     plan = plan_evaluation(queries_file, qrels_file)
     if plan.empty:
         click.echo(f"warning: {len(plan.empty)} empty quer(ies) count as retrieving nothing: "
                    + ", ".join(plan.empty[:5]), err=True)
     searcher = open_searcher(index_path, ef_search=ef_search, nprobe=nprobe, hybrid=hybrid)
     progress = Progress("running queries", total=len(plan.queries), quiet=quiet)
-    result = evaluate_index(searcher, plan, progress=progress)
+    result = evaluate_index(searcher, plan, progress=progress, where=filters)
     progress.finish()
     cfg = searcher.index.config
     used_hybrid = bool(cfg.get("hybrid", False)) if hybrid is None else hybrid
@@ -1258,8 +1269,11 @@ def faq_build(sources, index_path, force, question_field, answer_field, id_field
               help="Ask every question of a file (one a line); prints one JSON line per question.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--threshold", type=float, default=None, help="Override the calibrated score threshold.")
+@click.option("--where", multiple=True, metavar="CLAUSE",
+              help="Only documents matching CLAUSE (repeatable; the syntax of `query --where`).")
+@click.option("--filter", "filter_json", default=None, metavar="JSON", help="A filter in the JSON language.")
 @click.pass_context
-def faq_ask(ctx, question, index_path, questions_file, as_json, threshold) -> None:
+def faq_ask(ctx, question, index_path, questions_file, as_json, threshold, where, filter_json) -> None:
     """Answer QUESTION from a FAQ index, or say it is not sure and show the closest questions.
 
     \b
@@ -1271,6 +1285,7 @@ def faq_ask(ctx, question, index_path, questions_file, as_json, threshold) -> No
 
     if (question is None) == (questions_file is None):
         raise SemsearchError("give either a QUESTION or --questions FILE")
+    filters = _parse_where(where, filter_json)
     faq = FAQ(index_path, threshold=threshold)
     if questions_file:
         try:
@@ -1280,7 +1295,7 @@ def faq_ask(ctx, question, index_path, questions_file, as_json, threshold) -> No
         asked = [(n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()]
         for start in range(0, len(asked), 128):
             chunk = asked[start : start + 128]
-            for (number, text), reply in zip(chunk, faq.answer_many([t for _, t in chunk])):
+            for (number, text), reply in zip(chunk, faq.answer_many([t for _, t in chunk], filters)):
                 if isinstance(reply, str):
                     click.echo(f"skipped: {questions_file}:{number}: {reply}", err=True)
                     continue
@@ -1288,7 +1303,7 @@ def faq_ask(ctx, question, index_path, questions_file, as_json, threshold) -> No
         return
     if not question.strip():
         raise SemsearchError("the question is empty")
-    reply = faq.answer(question)
+    reply = faq.answer(question, filters)
     if as_json:
         click.echo(_dump(reply.as_dict()))
         return

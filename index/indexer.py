@@ -41,7 +41,7 @@ __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
     "keep_hangul", "target_recall", "search_tuning", "vectors_base", "vectors_base_count", "vector_seals", "bm25_seal", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
-    "created_at", "updated_at",
+    "created_at", "updated_at", "filter_epoch",
 })
 RESERVED_SETTINGS |= {"bulk_backend", "query_backend", "query_precision"}  # the bulk and query paths (auto)
 

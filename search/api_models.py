@@ -58,7 +58,12 @@ class SearchOutcomeModel(BaseModel):
 class SearchBody(BaseModel):
     queries: list[str] = Field(description="Queries to run, each answered in the same position.", max_length=10_000)
     k: int = Field(10, ge=1, le=1000, description="Number of documents per query.")
-    where: dict[str, Any] | None = Field(None, description="Metadata filter: every key must equal its value.")
+    where: dict[str, Any] | None = Field(
+        None, description='Metadata filter (docs/filters.md): {"lang": "en"} (every key equals its value), '
+                          'operators $eq $ne $gt $gte $lt $lte $in $nin $exists on a key '
+                          '({"year": {"$gte": 2021}}, numbers or ISO dates), $and $or $not, and '
+                          '{"$contains": "E1234"} on the document text.',
+        examples=[{"lang": {"$in": ["en", "ko"]}, "year": {"$gte": 2021}, "$not": {"archived": True}}])
     full_text: bool = Field(False, description="Send each hit's whole document text, not a snippet "
                                                "(bounded by the server's response size limit).")
 

@@ -18,7 +18,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterator
 
-from index.errors import InputError
+from index.errors import InputError, SemsearchError
+from index.storage.filter_language import parse as parse_filter
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 
@@ -33,6 +34,7 @@ class EvalQuery:
 
     id: str
     text: str
+    where: dict | None = None  # the line's own metadata filter ("where": {...}), if any
 
 
 def _lines(path: str | os.PathLike[str], problems: list[str] | None = None) -> Iterator[tuple[int, str]]:
@@ -67,7 +69,8 @@ def load_queries(path: str | os.PathLike[str], problems: list[str] | None = None
 
     Each non-blank line must be a JSON object with an id (``"_id"``, or
     ``"id"`` when ``"_id"`` is absent; a string or an integer) and a string
-    ``"text"``. Other keys (e.g. ``"metadata"``) are ignored. Ids are returned
+    ``"text"``; an optional ``"where"`` is the query's own metadata filter
+    (``index.storage.filter_language``). Other keys (e.g. ``"metadata"``) are ignored. Ids are returned
     as ``str`` and the text is NFC-normalised. Blank lines are skipped.
 
     Raises :class:`InputError` (``"FILE:LINE: ..."``) for invalid JSON, a
@@ -124,8 +127,14 @@ def _query_line(line: str, where: str, seen: dict[str, int], number: int, skip_e
         raise InputError(f"{where}: duplicate query id {query_id!r} (first on line {seen[query_id]})")
     if skip_empty and not text.strip():
         raise InputError(f"{where}: query {query_id!r} is empty")
+    filter_ = record.get("where")
+    if filter_ is not None:
+        try:
+            parse_filter(filter_, "where")
+        except SemsearchError as exc:
+            raise InputError(f"{where}: query {query_id!r}: {exc}") from None
     seen[query_id] = number
-    return EvalQuery(id=query_id, text=unicodedata.normalize("NFC", text))
+    return EvalQuery(id=query_id, text=unicodedata.normalize("NFC", text), where=filter_ or None)
 
 
 def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:

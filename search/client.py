@@ -42,14 +42,24 @@ class Client:
             reason = getattr(exc, "reason", exc)
             raise SemsearchError(f"cannot reach the semsearch server at {self.server}: {reason}") from None
 
-    def search(self, query: str, k: int = 10, where: Mapping[str, str] | None = None) -> list[dict]:
-        params = [("q", query), ("k", str(k))] + [("where", f"{key}={value}") for key, value in (where or {}).items()]
+    def search(self, query: str, k: int = 10, where: Mapping[str, Any] | None = None) -> list[dict]:
+        params = [("q", query), ("k", str(k))] + ([("where", json.dumps(where))] if where else [])
         return self._call("GET", "/search?" + urllib.parse.urlencode(params))["hits"]
 
     def search_many(self, queries: Sequence[str], k: int = 10,
-                    where: Mapping[str, Any] | None = None) -> list[dict]:
-        """One entry per query, in order: ``{"query", "hits"}`` or ``{"query", "error"}``."""
-        return self._call("POST", "/search", {"queries": list(queries), "k": k, "where": where})["results"]
+                    where: Mapping[str, Any] | Sequence[Mapping[str, Any] | None] | None = None) -> list[dict]:
+        """One entry per query, in order: ``{"query", "hits"}`` or ``{"query", "error"}``. ``where``:
+        one filter for all, or a list with each query's own (one request per distinct filter)."""
+        wheres = list(where) if isinstance(where, (list, tuple)) else [where] * len(queries)
+        groups: dict[str, list[int]] = {}
+        for i, w in enumerate(wheres):
+            groups.setdefault(json.dumps(w, sort_keys=True), []).append(i)
+        out: list[dict] = [{}] * len(queries)
+        for positions in groups.values():
+            body = {"queries": [queries[i] for i in positions], "k": k, "where": wheres[positions[0]]}
+            for i, result in zip(positions, self._call("POST", "/search", body)["results"]):
+                out[i] = result
+        return out
 
     def faq_answer(self, question: str) -> dict:
         return self._call("POST", "/faq/answer", {"question": question})

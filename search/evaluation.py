@@ -16,6 +16,7 @@ Pure Python + numpy; no other dependency.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -238,14 +239,22 @@ def plan_evaluation(queries_path: str | os.PathLike[str], qrels_path: str | os.P
 
 
 def evaluate_index(searcher: Any, plan: EvalPlan, *, depth: int = 100, batch: int = 64,
-                   progress: Callable[[int], None] | None = None) -> EvalResult:
+                   progress: Callable[[int], None] | None = None, where: dict | None = None) -> EvalResult:
     """Run the plan's queries through ``searcher`` (``depth`` documents each, ``batch``
-    queries per call) and score the run."""
+    queries per call) and score the run. ``where`` filters every query, ANDed with a query's
+    own ``"where"``."""
     run: dict[str, list[str]] = {query_id: [] for query_id in plan.empty}
     for start in range(0, len(plan.queries), batch):
         chunk = plan.queries[start : start + batch]
-        for q, hits in zip(chunk, searcher.search_many([q.text for q in chunk], k=depth)):
-            run[q.id] = [h.id for h in hits]
+        groups: dict[str, list] = {}  # one call per distinct filter
+        for q in chunk:
+            own = [f for f in (where, q.where) if f]
+            combined = None if not own else own[0] if len(own) == 1 else {"$and": own}
+            groups.setdefault(json.dumps(combined, sort_keys=True), [combined, []])[1].append(q)
+        for combined, queries in groups.values():
+            extra = {"where": combined} if combined else {}
+            for q, hits in zip(queries, searcher.search_many([q.text for q in queries], k=depth, **extra)):
+                run[q.id] = [h.id for h in hits]
         if progress is not None:
             progress(len(chunk))
     return evaluate(run, plan.qrels)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from index.errors import SemsearchError
 from index.indexer import Index
@@ -162,14 +162,15 @@ class FAQ:
             return FAQAnswer(question, matches[0], matches[1 : 1 + self.runners_up], calibrated, threshold, margin)
         return FAQAnswer(question, None, matches[: self.runners_up], calibrated, threshold, margin)
 
-    def answer(self, question: str) -> FAQAnswer:
-        """The best FAQ entry for ``question`` if the FAQ is confident of it, and the runners-up.
-        Thresholds are on cosine scores, so FAQ searches are vector-only even on a hybrid index."""
-        return self.decide(question, self.searcher.search(question, k=self.depth, hybrid=False))
+    def answer(self, question: str, where: Mapping[str, Any] | None = None) -> FAQAnswer:
+        """The best FAQ entry for ``question`` if the FAQ is confident of it, and the runners-up
+        (``where``: only entries whose metadata match that filter). Thresholds are on cosine
+        scores, so FAQ searches are vector-only even on a hybrid index."""
+        return self.decide(question, self.searcher.search(question, k=self.depth, where=where, hybrid=False))
 
-    def answer_many(self, questions: Sequence[str]) -> list[FAQAnswer | str]:
+    def answer_many(self, questions: Sequence[str], where: Mapping[str, Any] | None = None) -> list[FAQAnswer | str]:
         """:meth:`answer` for many questions at once; an unusable question gets its error message."""
-        outcomes = self.searcher.search_batch([SearchRequest(q, self.depth, hybrid=False) for q in questions])
+        outcomes = self.searcher.search_batch([SearchRequest(q, self.depth, where, hybrid=False) for q in questions])
         return [o.error if o.error is not None else self.decide(o.query, o.hits or []) for o in outcomes]
 
     def top_two(self, questions: Sequence[str]) -> list[tuple[str | None, float, float]]:

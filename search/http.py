@@ -4,18 +4,24 @@
 ``{"error": ...}``; a 500 never carries exception text or paths, which go to the log),
 ``BodyLimit`` (a request body over the size limit is a 413, one that does not arrive in
 time a 408), ``until_disconnected`` (work dropped when its client goes away) and
-``parse_where`` (``KEY=VALUE`` filters of a query string).
+``parse_where`` (the ``where=`` filters of a query string, ``index.storage.filter_syntax``) and
+``check_filter`` (a body's JSON filter): a bad filter is 422 naming its position.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from index.storage.filter_language import FilterError
+from index.storage.filter_language import parse as parse_filter
+from index.storage.filter_syntax import combine
 
 from .limits import TooMuch
 
@@ -77,16 +83,21 @@ async def until_disconnected(request: Request, work: asyncio.Future):
         watcher.cancel()
 
 
-def parse_where(pairs: list[str]) -> dict[str, str] | None:
-    where: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ServiceError(400, f"where={pair!r}: expected KEY=VALUE")
-        if key in where:
-            raise ServiceError(400, f"where names {key!r} twice")
-        where[key] = value
-    return where or None
+def parse_where(clauses: list[str]) -> dict[str, Any] | None:
+    """``where=`` values of a query string (``lang=en``, ``year>=2021``, or a JSON filter), ANDed;
+    a bad one is 422 naming where it goes wrong."""
+    try:
+        return combine(clauses, label="where")
+    except FilterError as exc:
+        raise ServiceError(422, str(exc)) from None
+
+
+def check_filter(where: Any, label: str = "where") -> None:
+    """A request body's JSON filter, checked before any work: 422 naming the position."""
+    try:
+        parse_filter(where, label)
+    except FilterError as exc:
+        raise ServiceError(422, str(exc)) from None
 
 
 class BodyLimit:

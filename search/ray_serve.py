@@ -33,7 +33,7 @@ from index.errors import SemsearchError
 
 from . import api_models as m
 from . import limits as bounds
-from .http import ServiceError, install_error_handlers, parse_where
+from .http import ServiceError, check_filter, install_error_handlers, parse_where
 from .limits import Limits
 from .service import MAX_K
 from .sharded import check_queries, merge_hits
@@ -152,6 +152,7 @@ def application(settings: RayServeSettings):
         async def search_post(self, body: m.SearchBody):
             """Many queries at once; a bad query gets its own error entry, the others their hits, in input order."""
             bounds.check_queries(body.queries, body.k, limits)
+            check_filter(body.where)
             results: list[dict] = []
             valid = []
             for i, q in enumerate(body.queries):

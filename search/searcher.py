@@ -29,6 +29,7 @@ from index.records import Passage
 from index.storage.snapshot import Snapshot
 
 from . import hybrid as fusion
+from . import planner
 
 log = logging.getLogger("semsearch")
 
@@ -216,28 +217,9 @@ class Searcher:
         return out
 
     def _best_passages(self, snap: Snapshot, vector: np.ndarray, k: int, allowed, pool: int):
-        """Best passage per document for the top ``k`` documents: ``[(doc_id, score, passage)]``.
-
-        Fetches more passages until ``k`` distinct documents are found or every
-        candidate passage has been seen.
-        """
-        if pool == 0:
-            return []
-        fetch = min(pool, snap.candidates(k))
-        while True:
-            found = snap.search(vector, fetch, allowed, self.settings)
-            if snap.needs_rerank:  # compressed scores: re-rank the candidates exactly
-                found = snap.rerank(vector, [pid for pid, _ in found])
-            rows = snap.passages([pid for pid, _ in found])
-            best: dict[str, tuple[float, Passage]] = {}
-            for pid, score in found:
-                if pid in rows:
-                    doc_id, passage = rows[pid]
-                    best.setdefault(doc_id, (score, passage))
-            if len(best) >= k or fetch >= pool:
-                ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
-                return [(doc_id, score, passage) for doc_id, (score, passage) in ranked]
-            fetch = min(pool, fetch * 4)
+        """Best passage per document for the top ``k`` documents: ``[(doc_id, score, passage)]``
+        (exact scoring or the ANN index: ``search.planner``)."""
+        return planner.best_passages(snap, vector, k, allowed, self.settings)
 
     def _hits(self, snap: Snapshot, best) -> list[Hit]:
         docs = snap.documents([doc_id for doc_id, _, _ in best])

@@ -43,7 +43,8 @@ from . import documents_api
 from . import limits as bounds
 from .batching import MicroBatcher, QueueFull
 from .faq import FAQ
-from .http import BodyLimit, ServiceError, install_error_handlers, parse_where, until_disconnected
+from .http import (BodyLimit, ServiceError, check_filter, install_error_handlers, parse_where,
+                   until_disconnected)
 from .limits import Limits, TooMuch
 from .metrics import Metrics
 from .observe import Observe, note
@@ -223,7 +224,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def search_get(
         q: str = Query(..., description="The question or text to search for."),
         k: int = Query(10, ge=1, le=MAX_K, description="Number of documents to return."),
-        where: list[str] = Query([], description="Metadata filter KEY=VALUE (repeatable; all must match)."),
+        where: list[str] = Query([], description="Metadata filter (repeatable; all must match): lang=en, lang!=en, year>=2021, lang in en,ko, text~E1234, key exists, or a JSON filter such as {\"year\": {\"$gte\": 2021}} (docs/filters.md)."),
         full_text: bool = Query(False, description="Send each hit's whole document text, not a snippet."),
     ):
         """The k documents that mean the most the same as q."""
@@ -238,6 +239,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def search_post(body: m.SearchBody, request: Request):
         """Many queries at once; a bad query gets its own error entry, the others their hits, in input order."""
         bounds.check_queries(body.queries, body.k, limits)
+        check_filter(body.where)
         batcher = ready()
         make_room(batcher, len(body.queries))
         outcomes = await until_disconnected(request, asyncio.gather(

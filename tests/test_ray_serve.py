@@ -6,6 +6,7 @@ scores to 1e-5); the errors are the JSON of ``semsearch serve``.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +96,9 @@ def test_get_search_gives_one_indexs_hits(served):
             assert_same(reply.json()["hits"], single.search(query, k=k))
     reply = client.get("/search", params={"q": "river", "k": 3, "where": "topic=b"})
     assert_same(reply.json()["hits"], single.search("river", k=3, where={"topic": "b"}))
+    language = {"$or": [{"topic": {"$ne": "b"}}, {"$contains": "pizza"}]}  # the filter language too
+    reply = client.get("/search", params={"q": "river", "k": 5, "where": json.dumps(language)})
+    assert_same(reply.json()["hits"], single.search("river", k=5, where=language))
 
 
 def test_post_search_answers_in_order_with_errors_per_query(served):
@@ -112,6 +116,8 @@ def test_bad_requests_are_json_errors(served):
     client, _ = served
     assert client.get("/search", params={"q": "x", "k": 0}).status_code == 422
     bad = client.get("/search", params={"q": "x", "where": "nokeyvalue"})
-    assert bad.status_code == 400 and "KEY=VALUE" in bad.json()["error"]
+    assert bad.status_code == 422 and "key=value" in bad.json()["error"]
+    bad = client.post("/search", json={"queries": ["x"], "where": {"topic": {"$gte": "soon"}}})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("invalid filter at where.topic.$gte")
     empty = client.get("/search", params={"q": "  "})
     assert empty.status_code == 400 and "empty" in empty.json()["error"]

@@ -147,6 +147,12 @@ class VectorIndex(ABC):
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     # --- search ------------------------------------------------------------------
+    def score_ids(self, query: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Exact scores of one query against the vectors of ``ids`` that this index holds, read from
+        memory without a scan: ``(ids held, scores)``; None where a type cannot (the caller then
+        reads the stored vectors)."""
+        return None
+
     def candidates(self, k: int) -> int:
         """How many passages to fetch to find ``k`` documents (more where scores are approximate)."""
         return max(2 * k, k + 20)

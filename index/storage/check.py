@@ -28,6 +28,7 @@ from ..errors import SemsearchError
 from ..ingest.passages import document_spans
 from ..model.precision import MIN_PROBE_COSINE
 from ..model.reference import reference_min_cosine
+from . import filter_check
 from .deltas import delta_files
 from .generations import base_generation, chain_names, data_files, data_name, file_name, read_vectors, vector_files
 from .seals import recorded
@@ -87,6 +88,7 @@ def check_index(index: CheckedIndex, sample: int = 20, tolerance: float = 1e-3, 
     if result != "ok":
         report.problems.append(f"the SQLite database {store.path} is damaged: {result}; restore a backup or rebuild")
         return report
+    report.problems += filter_check.problems(store.conn)
     cfg = index.config
     report.documents, report.passages = store.counts()
     generation = store.generation()
@@ -228,6 +230,10 @@ def repair_index(index: CheckedIndex) -> RepairReport:
         reencoded = writer.reencode_bare_documents()
         if reencoded:
             report.actions.append(f"re-encoded {reencoded} document(s) that had no passages")
+        if filter_check.problems(index.store.conn):
+            with index.store.transaction():
+                values = filter_check.rebuild(index.store.conn)
+            report.actions.append(f"rebuilt the metadata filter indexes ({values} values)")
         count = writer.rewrite_vectors()
         report.actions.append(f"rewrote {file_name(index.generations.generation)} from the {count} stored vectors")
     return report

@@ -49,9 +49,71 @@ def m001_initial(db: "sqlite_utils.Database") -> None:
     db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+# metadata_values: one row per top-level metadata key of each document, kept by triggers in the
+# same transaction as the documents; documents_text: the FTS5 trigram index of document texts.
+_VALUE_ROWS = """SELECT {doc}, je.key, je.type,
+           CASE je.type WHEN 'null' THEN NULL WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
+                ELSE CAST(je.value AS TEXT) END,
+           CASE WHEN je.type IN ('integer', 'real') THEN je.value END
+    FROM {source} json_each({metadata}) je"""
+
+
+FILL_METADATA_VALUES = ("INSERT INTO metadata_values (document_id, key, type, value_text, value_num) "
+                        + _VALUE_ROWS.format(doc="d.id", source="documents d,", metadata="d.metadata"))
+FILTER_EPOCH = "filter_epoch"  # info key: bumped by every change a filter can see (cached filters key on it)
+_BUMP = f"UPDATE info SET value = CAST(value AS INTEGER) + 1 WHERE key = '{FILTER_EPOCH}';"
+
+
+def m002_metadata_values(db: "sqlite_utils.Database") -> None:
+    """Filters through indexes: ``metadata_values`` (document, key, type, text, number), indexed on
+    (key, value), and ``documents_text`` (FTS5 trigram, for ``$contains``), both filled from the
+    stored documents and kept by triggers."""
+    db.execute(
+        """CREATE TABLE metadata_values (
+            document_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            type TEXT NOT NULL,
+            value_text TEXT,
+            value_num
+        )"""
+    )
+    db.execute("CREATE INDEX idx_metadata_values_text ON metadata_values (key, value_text, type, document_id)")
+    db.execute("CREATE INDEX idx_metadata_values_num ON metadata_values (key, value_num, document_id) "
+               "WHERE value_num IS NOT NULL")
+    db.execute("CREATE INDEX idx_metadata_values_document ON metadata_values (document_id)")
+    db.execute(f"INSERT OR IGNORE INTO info (key, value) VALUES ('{FILTER_EPOCH}', '0')")
+    db.execute("CREATE VIRTUAL TABLE documents_text USING fts5(text, content='documents', "
+               "tokenize='trigram case_sensitive 1')")
+    new_rows = _VALUE_ROWS.format(doc="new.id", source="", metadata="new.metadata")
+    db.execute(f"""CREATE TRIGGER documents_filter_insert AFTER INSERT ON documents BEGIN
+        INSERT INTO metadata_values (document_id, key, type, value_text, value_num) {new_rows};
+        INSERT INTO documents_text (rowid, text) VALUES (new.rowid, new.text);
+        {_BUMP}
+    END""")
+    db.execute(f"""CREATE TRIGGER documents_filter_delete AFTER DELETE ON documents BEGIN
+        DELETE FROM metadata_values WHERE document_id = old.id;
+        INSERT INTO documents_text (documents_text, rowid, text) VALUES ('delete', old.rowid, old.text);
+        {_BUMP}
+    END""")
+    db.execute(f"""CREATE TRIGGER documents_filter_metadata AFTER UPDATE OF id, metadata ON documents
+        WHEN old.metadata IS NOT new.metadata OR old.id IS NOT new.id BEGIN
+        DELETE FROM metadata_values WHERE document_id = old.id;
+        INSERT INTO metadata_values (document_id, key, type, value_text, value_num) {new_rows};
+        {_BUMP}
+    END""")
+    db.execute(f"""CREATE TRIGGER documents_filter_text AFTER UPDATE OF text ON documents
+        WHEN old.text IS NOT new.text BEGIN
+        INSERT INTO documents_text (documents_text, rowid, text) VALUES ('delete', old.rowid, old.text);
+        INSERT INTO documents_text (rowid, text) VALUES (new.rowid, new.text);
+        {_BUMP}
+    END""")
+    db.execute(FILL_METADATA_VALUES)
+    db.execute("INSERT INTO documents_text (documents_text) VALUES ('rebuild')")
+
+
 # The recorded name of each migration is its function's name: ``_m001_initial`` for the
 # first, as databases written before this module existed record it.
-MIGRATIONS = [(m001_initial, "_m001_initial")]
+MIGRATIONS = [(m001_initial, "_m001_initial"), (m002_metadata_values, "m002_metadata_values")]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

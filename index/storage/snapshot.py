@@ -20,6 +20,8 @@ from ..ann.registry import SearchSettings, VectorIndex
 from ..ann.tuning import Tuning
 from ..model.config import EncoderConfig
 from ..records import Passage
+from . import filters
+from .migrations import FILTER_EPOCH
 from .store import MetadataStore
 
 
@@ -48,8 +50,12 @@ class Snapshot:
 
     # --- vector search ------------------------------------------------------------------
     def allowed_ids(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
-        """Passage ids of the documents whose metadata matches ``where`` (None: no filter)."""
-        return self.store.filtered_passage_ids(dict(where)) if where else None
+        """Passage ids of the documents that the filter ``where`` matches (None: no filter; the
+        language: ``filter_language``), cached while neither the generation nor the documents change."""
+        if where is None:
+            return None
+        state = (self.generation, self.info.get(FILTER_EPOCH))
+        return filters.allowed_passage_ids(self.store, state, dict(where) if isinstance(where, Mapping) else where)
 
     @property
     def tuning(self) -> Tuning | None:

@@ -10,6 +10,8 @@ large write leaves a write-ahead log as large as what it changed. So:
   WAL over ``WAL_BOUND``, the writer checkpoints the WAL and truncates it without waiting for
   readers (``CHECKPOINT_WAIT_MS``: a reader on an older snapshot makes it give up, and
   ``journal_size_limit`` truncates the log at its next reset instead);
+- after a delete of a quarter or more of the documents the FTS5 text index (``$contains``) merges
+  its segments, dropping the deleted documents' entries (FTS5 keeps them as delete markers);
 - ``compact`` (``semsearch index compact``) VACUUMs the database under the write lock (readers
   go on reading their snapshot: VACUUM writes the new pages through the WAL, which is truncated
   once no reader is on an older snapshot, waiting up to ``COMPACT_WAL_WAIT_S``), which also turns
@@ -89,6 +91,24 @@ def reclaim(conn: sqlite3.Connection) -> bool:
     return False
 
 
+def merge_text_index(conn: sqlite3.Connection, deleted: int, always: bool = False) -> bool:
+    """After a delete of ``deleted`` documents (committed, by the lock holder): FTS5 keeps a deleted
+    document's trigrams as delete markers until its segments are merged, so a large delete would
+    grow the file; when a quarter or more of the documents went, merge every segment
+    (``optimize``), which drops them and leaves the pages free for ``reclaim`` (``always``: merge
+    whatever was deleted, as ``compact`` does). True when merged."""
+    if conn.in_transaction or (deleted <= 0 and not always):
+        return False
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents_text'").fetchone():
+        return False  # an index from before the filter tables
+    left = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+    if deleted * 4 < left + deleted and not always:
+        return False
+    with conn:
+        conn.execute("INSERT INTO documents_text (documents_text) VALUES ('optimize')")
+    return True
+
+
 def incremental_vacuum(conn: sqlite3.Connection) -> None:
     """Give every free page back, in one transaction (from Python each run of the pragma frees
     one page, so it is repeated while the free list shrinks)."""
@@ -135,6 +155,7 @@ def compact(index: Any, wait: bool | float = False) -> CompactResult:
         with index.session() as writer:
             writer.generations.save()  # one base of the live vectors; older files removed
             conn = writer.store.conn
+            merge_text_index(conn, 0, always=True)  # the text index's delete markers, before VACUUM
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect with the VACUUM
             conn.execute("VACUUM")
             # The VACUUMed pages are in the WAL until readers on older snapshots (each request's

@@ -35,7 +35,7 @@ from ..model.text import normalize_text
 from ..records import AddResult, DeleteResult, RebuildResult
 from .generations import Generations
 from .lock import WriteLock
-from .space import reclaim
+from .space import merge_text_index, reclaim
 from .store import MetadataStore
 
 log = logging.getLogger("semsearch")
@@ -226,6 +226,7 @@ class Writer:
         with self.generations.commit() as commit:
             deleted, removed = self.store.delete_documents(wanted)
             commit.remove(removed)
+        merge_text_index(self.store.conn, len(deleted))  # the text index's delete markers
         reclaim(self.store.conn)  # a large delete gives its pages back and truncates the WAL
         gone = set(deleted)
         return DeleteResult(deleted=deleted, missing=[i for i in wanted if i not in gone])
