@@ -32,6 +32,7 @@ from .storage.lock import WriteLock
 from .storage.migrations import SCHEMA_VERSION
 from .storage.restamp import reverify
 from .storage.snapshot import Snapshot
+from .storage import whitened
 from .storage.store import MetadataStore
 from .storage.writer import OnCommit, Progress, Writer, check_overlap
 
@@ -40,7 +41,7 @@ __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 RESERVED_SETTINGS = frozenset({
     "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
     "keep_hangul", "target_recall", "search_tuning", "vectors_base", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
-    "created_at", "updated_at",
+    "created_at", "updated_at", whitened.SETTING, whitened.FIT,
 })
 
 
@@ -84,6 +85,8 @@ class Index:
         index_type: str = options.DEFAULT_INDEX_TYPE,
         target_recall: float | None = None,
         hybrid: bool = False,
+        whitening: str | None = None,
+        whitening_dims: int | None = None,
         batch_size: int = options.DEFAULT_BATCH_SIZE,
         device: str | None = None,
         force: bool = False,
@@ -96,7 +99,7 @@ class Index:
         swaps it in when complete. ``complete=False`` marks an index whose
         build is still going on (``build`` resumes such an index). ``hybrid=True`` records that
         the index keeps a BM25 index of its passages, updated with every write, and that searches
-        fuse it with the vector ranking by default (``search.hybrid``; needs ``bm25s``).
+        fuse it with the vector ranking by default (``search.hybrid``; needs ``bm25s``). ``whitening``: see ``storage.whitened``.
         """
         path = Path(path)
         if hybrid:
@@ -104,6 +107,7 @@ class Index:
         folder.recover(path)
         folder.check_destination(path, force)
         registry.resolve_type(index_type, 0)  # validates the name before anything is written
+        whitening_config = whitened.configuration(whitening, whitening_dims)
         request = EncoderConfig.for_model(model, layer=layer, pooling=pooling, max_length=max_length,
                                           precision=precision, backend=backend, keep_hangul=keep_hangul)
         encoder = Encoder.for_config(request, batch_size=batch_size, device=device)
@@ -116,7 +120,7 @@ class Index:
             store = MetadataStore.connect(staging, create=True)
             store.initialise({**encoder.describe(), "passage_tokens": encoder.window,
                               "passage_overlap": passage_overlap, "index_type": index_type, "complete": complete,
-                              "target_recall": check_target(target_recall),
+                              "target_recall": check_target(target_recall), whitened.SETTING: whitening_config,
                               **({bm25.SETTING: True} if hybrid else {})})
             store.close()
             registry.empty(encoder.dimension).save(staging / file_name(0))
@@ -279,12 +283,12 @@ class Index:
                 max_length=cfg["max_length"], passage_tokens=cfg["passage_tokens"],
                 passage_overlap=cfg["passage_overlap"], precision=cfg["precision"],
                 backend=cfg.get("backend") or options.DEFAULT_BACKEND, keep_hangul=bool(cfg.get("keep_hangul", False)),
-                target_recall=float(cfg.get("target_recall", options.DEFAULT_TARGET_RECALL)),
-                search_tuning=cfg.get("search_tuning"),
+                target_recall=float(cfg.get("target_recall", options.DEFAULT_TARGET_RECALL)), search_tuning=cfg.get("search_tuning"),
                 index_type=cfg.get("index_type", options.DEFAULT_INDEX_TYPE), vector_index=snap.vectors.describe(),
                 schema_version=SCHEMA_VERSION, generation=snap.generation, documents=docs, passages=passages,
                 vectors=snap.vectors.ntotal, complete=bool(cfg.get("complete", True)),
                 created_at=cfg["created_at"], updated_at=cfg["updated_at"], hybrid=bool(cfg.get(bm25.SETTING, False)),
+                whitening={**whitened.recorded(cfg), "fit": cfg.get(whitened.FIT)},
             )
 
     def tune(self, target_recall: float | None = None):
@@ -363,6 +367,8 @@ class Index:
         keep_hangul: bool | None = None,
         index_type: str | None = None,
         target_recall: float | None = None,
+        whitening: str | None = None,
+        whitening_dims: int | None = None,
         progress: Progress | None = None,
     ) -> RebuildResult:
         """Re-encode every stored text with a new configuration (unset values keep the recorded ones).
@@ -370,17 +376,22 @@ class Index:
         Searches see the old index until the new one is complete. When only
         ``index_type`` changes, the stored vectors are re-indexed without
         encoding anything. ``target_recall`` changes the recall the search settings are tuned for.
+        ``whitening``/``whitening_dims`` change the whitening (dims 0: all), refitted in every case.
         """
         if index_type is not None:
             registry.resolve_type(index_type, 0)  # validates the name
         if target_recall is not None:
             check_target(target_recall)
-        only_type = index_type is not None and all(
+        if rewhiten := (whitening is not None or whitening_dims is not None):
+            whitened.reconfigured(self.config, whitening, whitening_dims)  # validates before the lock
+        no_encoding = all(
             v is None for v in (model, layer, pooling, max_length, passage_overlap, precision, backend, keep_hangul))
         with self.session() as writer:
             if target_recall is not None:
                 writer.record({"target_recall": target_recall})
-            if only_type:
+            if rewhiten:
+                writer.configure_whitening(whitening, whitening_dims)
+            if no_encoding and (index_type is not None or rewhiten):  # from the stored vectors, refitted
                 return writer.reindex(index_type)
             request = EncoderConfig.from_info(self.config).merge(
                 model=model, layer=layer, pooling=pooling, max_length=max_length, precision=precision,

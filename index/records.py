@@ -79,6 +79,7 @@ class IndexInfo:
     created_at: str
     updated_at: str
     hybrid: bool = False  # keeps a BM25 index of its passages; searches are hybrid by default
+    whitening: dict | None = None  # mode, dims and the fit (decision, transform summary; index.storage.whitened)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
