@@ -667,16 +667,20 @@ def _snippet(text: str, width: int = 100) -> str:
 @model_options()
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
               help="Texts per model call.")
+@click.option("--whiten-with", "whiten_with", default=None, type=click.Path(file_okay=False),
+              help="Whiten the vectors with this index's transform, encoded by its model and layer (as its "
+                   "FAISS vectors and queries are); without it, the method's raw vectors.")
 @source_options
 @quiet_option
 def embed(texts, input_path, model, layer, pooling, max_length, precision, backend, keep_hangul, batch_size,
-          id_field, text_field, fmt, strict, quiet) -> None:
+          whiten_with, id_field, text_field, fmt, strict, quiet) -> None:
     """Print sentence vectors as JSON lines: {"id": ..., "vector": [...]}, in input order.
 
     \b
     Example:
       semsearch embed "The bank raised its rates." "We sat on the river bank."
       semsearch embed --input sentences.txt --layer -1 > vectors.jsonl
+      semsearch embed "reset my password" --whiten-with my-index
     """
     import numpy as np
 
@@ -694,11 +698,20 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, backe
                           strict=strict, report=report)
         items = [(d.id, d.text) for d in docs]
         _report_reading(report)
-    encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
-                           batch_size=batch_size, precision=precision, backend=backend, keep_hangul=keep_hangul)
+    whiten = None
+    if whiten_with is not None:
+        from index.indexer import Index
+
+        with Index.open(whiten_with, batch_size=batch_size).snapshot() as snap:
+            encoder, whiten = snap.whitened_encoder()
+    else:
+        encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
+                               batch_size=batch_size, precision=precision, backend=backend, keep_hangul=keep_hangul)
     progress = Progress("encoding texts", total=len(items), quiet=quiet)
     vectors = encoder.encode([t for _, t in items], progress=progress)
     progress.finish()
+    if whiten is not None:
+        vectors = whiten.apply(vectors)
     for (item_id, _), vec in zip(items, vectors):
         click.echo(_dump({"id": item_id, "vector": np.round(vec.astype(np.float64), 7).tolist()}))
 

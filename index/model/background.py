@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-SIZE = 6000
+SIZE = 1000
 SEED = 17
 
 PEOPLE = ["a man", "a woman", "the child", "my neighbour", "the teacher", "a doctor", "the driver", "two students",

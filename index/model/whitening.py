@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_SAMPLE = 20_000  # corpus vectors the fit reads at most (a random sample beyond that)
-SHRINKAGE = 0.05  # covariance pulled this far towards tr(Σ)/d · I (the smallest eigenvalues are the noisiest)
+SHRINKAGE = 0.2  # covariance pulled this far towards tr(Σ)/d · I (chosen by bench/whitening.py: docs/quality.md)
 
 
 @dataclass(frozen=True, eq=False)

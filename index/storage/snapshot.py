@@ -20,6 +20,7 @@ import numpy as np
 
 from ..ann.registry import SearchSettings, VectorIndex
 from ..ann.tuning import Tuning
+from ..errors import SemsearchError
 from ..model.config import EncoderConfig
 from ..model.whitening import Whitening
 from ..records import Passage
@@ -41,6 +42,12 @@ class Snapshot:
     def whitening(self) -> Whitening | None:
         """This generation's transform (None: FAISS holds the raw vectors), read in its transaction."""
         return whitened.transform(self.store, self.info)
+
+    def whitened_encoder(self) -> tuple[Any, Whitening]:
+        """``(encoder, transform)`` of this state; refused with one line when it is not whitened."""
+        if self.whitening is None:
+            raise SemsearchError(f"index {self.store.path.parent} is not whitened ({whitened.decision(self.info).reason})")
+        return self.encoder, self.whitening
 
     def whiten(self, vectors: np.ndarray) -> np.ndarray:
         """Raw query vectors (one or a matrix) as this generation's FAISS vectors are made."""

@@ -84,6 +84,7 @@ class Writer:
         self.device = device
         self.lock = WriteLock(self.folder, wait)
         self.removed_leftovers: list[str] = []  # temporary files of a killed writer, removed on entry
+        self.refit_shared = False  # True: a sharded index refits every shard's whitening at once
 
     def __enter__(self) -> "Writer":
         self.lock.acquire()
@@ -308,7 +309,7 @@ class Writer:
         return whitened.refit(self.store, self.generations, self.encoder, force)
 
     def refit_when_due(self) -> None:
-        if self.refit():
+        if not self.refit_shared and self.refit():  # a sharded index fits once for all its shards
             fitted = self.store.get_info().get(whitened.FIT) or {}
             log.info("whitening: %s", fitted.get("reason", ""))
 
