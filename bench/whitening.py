@@ -99,6 +99,7 @@ def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> l
     plan = plan_evaluation(folder / "queries.jsonl", folder / "qrels" / "test.tsv")
     if quick:
         plan.queries = plan.queries[:200]
+        plan.qrels = {q.id: plan.qrels[q.id] for q in plan.queries}
     raw_queries = index.encoder.encode([q.text for q in plan.queries], warn=False)
     by_text = dict(zip([q.text for q in plan.queries], raw_queries))
     build = (f"semsearch index build {folder / 'corpus.jsonl'} --index {path} --whitening off"

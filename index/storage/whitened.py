@@ -190,6 +190,16 @@ def fit_in_store(store: MetadataStore, encoder: Callable[[], Any], passages: int
     return store.get_info()
 
 
+def refit_in_commit(store: MetadataStore, encoder: Callable[[], Any], folder) -> Any:
+    """Inside a commit whose rows are written: fit on the stored vectors (these rows included),
+    record it, and return the vector index of every stored vector under it (for ``commit.replace``)."""
+    n = store.counts()[1]
+    info = fit_in_store(store, encoder, n)
+    log.info("whitening: %s", (info.get(FIT) or {}).get("reason", ""))
+    return registry.build(info.get("index_type", options.DEFAULT_INDEX_TYPE), index_dimension(info), n,
+                          faiss_vectors(store, info), workdir=folder)
+
+
 def refit(store: MetadataStore, generations, encoder: Callable[[], Any], force: bool = False) -> bool:
     """Refit when ``due`` (or with ``force``) and replace the FAISS vectors with the stored ones
     whitened by the new transform, in one commit of ``generations`` (the writer's, under the lock).
@@ -198,9 +208,6 @@ def refit(store: MetadataStore, generations, encoder: Callable[[], Any], force: 
     n = store.counts()[1]
     if not (force or due(info, n)):
         return False
-    kind = info.get("index_type", options.DEFAULT_INDEX_TYPE)
     with generations.commit() as commit:
-        info = fit_in_store(store, encoder, n)
-        commit.replace(registry.build(kind, index_dimension(info), n, faiss_vectors(store, info),
-                                      workdir=generations.folder))
+        commit.replace(refit_in_commit(store, encoder, generations.folder))
     return True

@@ -119,8 +119,7 @@ class Writer:
         with closing(self.engine.encode_chunks(self._chunks(documents, result, progress), settings,
                                                progress)) as encoded_chunks:
             for chunk, encoded in encoded_chunks:
-                self._add_chunk(chunk, encoded, result, on_commit)
-        self.refit_when_due()
+                self._add_chunk(chunk, encoded, result, on_commit)  # refits the whitening when due
         self.tune_when_due()
         return result
 
@@ -204,7 +203,9 @@ class Writer:
                     result.added += 1
             self.store.update_metadata(meta_only)
             commit.remove(removed)
-            if new_ids:  # FAISS holds them as the recorded transform makes them (SQLite keeps them raw)
+            if new_ids and not self.refit_shared and whitened.due(info := self.store.get_info(), self.store.counts()[1]):
+                commit.replace(whitened.refit_in_commit(self.store, self.encoder, self.generations.folder))
+            elif new_ids:  # FAISS holds them as the recorded transform makes them (SQLite keeps them raw)
                 info = self.store.get_info()
                 commit.add(np.asarray(new_ids, dtype=np.int64),
                            whitened.apply(whitened.transform(self.store, info), np.concatenate(new_vecs)))
@@ -307,11 +308,6 @@ class Writer:
         """Refit the whitening when due, or always with ``force``, rewriting the FAISS vectors from
         the stored ones (``whitened.refit``); returns whether it refitted."""
         return whitened.refit(self.store, self.generations, self.encoder, force)
-
-    def refit_when_due(self) -> None:
-        if not self.refit_shared and self.refit():  # a sharded index fits once for all its shards
-            fitted = self.store.get_info().get(whitened.FIT) or {}
-            log.info("whitening: %s", fitted.get("reason", ""))
 
     def configure_whitening(self, mode: str | None, dims: int | None) -> None:
         """Record a new whitening configuration (None: keep that part; ``dims`` 0: all); the caller refits."""
