@@ -143,3 +143,20 @@ def test_cli_embed_info_rebuild_and_eval(whitened_index, tmp_path):
     Index.build(tmp_path / "plain", DOCS, model=index.config["model"], whitening="off")
     out = runner.invoke(main, ["embed", QUERY, "--whiten-with", str(tmp_path / "plain")])
     assert out.exit_code != 0 and "is not whitened" in out.output
+
+
+def test_an_engines_raw_vectors_are_whitened_by_the_writer(tiny_model, tmp_path):
+    """The seam the Ray engine uses: an engine returns the method's raw vectors (a Ray actor loads
+    its own encoder from the recorded configuration); the writer stores them raw and whitens them
+    for FAISS with the index's transform."""
+    from index.ingest.engines import LocalEngine
+    from index.model.config import EncoderConfig
+    from index.model.encoder import Encoder
+
+    index, _ = Index.build(tmp_path / "idx", DOCS, model=tiny_model, whitening="on")
+    engine = LocalEngine(lambda: Encoder.for_config(EncoderConfig.from_info(index.config)))
+    index.add([{"id": "e1", "text": "a ship sails on the ocean"}], engine=engine)
+    expected = expected_scores(index, "a ship sails on the ocean")
+    assert expected["e1"] == pytest.approx(1.0, abs=1e-4)
+    assert_hits([(h.id, h.score) for h in Searcher(index).search("a ship sails on the ocean", k=4)], expected)
+    assert index.check().ok
