@@ -478,6 +478,10 @@ def index_info(index_path, as_json) -> None:
             return
     width = max(len(k) for k in info)
     for key, value in info.items():
+        if key == "whitening" and isinstance(value, dict):  # one line: mode, decision, what it was fitted on
+            fit = value.get("fit") or {}
+            value = (f"{value.get('mode')}, {value.get('dims') or 'all'} dims: {fit.get('reason', 'not fitted yet')}"
+                     + (f" (fitted on {fit['source']}, {fit['dimension']}-d)" if fit.get("sha256") else ""))
         click.echo(f"{key.ljust(width)}  {value}")
 
 
