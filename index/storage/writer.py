@@ -33,9 +33,9 @@ from ..model.config import EncoderConfig
 from ..model.encoder import Encoder
 from ..model.text import normalize_text
 from ..records import AddResult, DeleteResult, RebuildResult
+from . import whitened
 from .generations import Generations
 from .lock import WriteLock
-from . import whitened
 from .store import MetadataStore
 
 log = logging.getLogger("semsearch")
@@ -203,10 +203,12 @@ class Writer:
                     result.added += 1
             self.store.update_metadata(meta_only)
             commit.remove(removed)
-            if new_ids and not self.refit_shared and whitened.due(info := self.store.get_info(), self.store.counts()[1]):
+            info = self.store.get_info()
+            # FAISS holds the vectors as the recorded transform makes them (SQLite keeps them raw); when a
+            # fit is due (a whitened index's first chunk, or it has doubled) it is made now, these included.
+            if new_ids and not self.refit_shared and whitened.due(info, self.store.counts()[1]):
                 commit.replace(whitened.refit_in_commit(self.store, self.encoder, self.generations.folder))
-            elif new_ids:  # FAISS holds them as the recorded transform makes them (SQLite keeps them raw)
-                info = self.store.get_info()
+            elif new_ids:
                 commit.add(np.asarray(new_ids, dtype=np.int64),
                            whitened.apply(whitened.transform(self.store, info), np.concatenate(new_vecs)))
         if on_commit:
