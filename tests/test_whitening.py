@@ -137,21 +137,26 @@ def test_check_finds_faiss_vectors_not_made_by_the_transform(tiny_model, tmp_pat
 
 @pytest.mark.integration
 def test_twenty_documents_are_not_worse_than_raw(tmp_path):
-    """The examples' 20 FAQ questions and their 60 labelled rewordings, embedded model, layer -2:
-    whitened (fitted on 20 documents + the background) ranks the right question no worse than raw."""
+    """The examples' 20 FAQ questions and their labelled rewordings, embedded model, layer -2 (where
+    ``auto`` whitens): every whitening tried ranked them worse than raw (docs/quality.md), so ``auto``
+    keeps an index this small raw, says why, and ranks exactly as raw; from 100 passages it fits."""
     faq = [json.loads(line) for line in (EXAMPLES / "faq.jsonl").read_text(encoding="utf-8").splitlines()]
     labelled = [json.loads(line) for line in
                 (EXAMPLES / "faq-labelled.jsonl").read_text(encoding="utf-8").splitlines()]
     labelled = [q for q in labelled if q.get("faq_id")]
     corpus = [{"id": d["_id"], "text": d["text"]} for d in faq]
 
-    def mrr(mode: str) -> float:
-        index, _ = Index.build(tmp_path / mode, corpus, whitening=mode)
-        assert bool(index.config[whitened.FIT]["whiten"]) == (mode == "on")
+    def mrr(index) -> float:
         hits = Searcher(index).search_many([q["question"] for q in labelled], k=10)
         ranks = [next((r for r, h in enumerate(found, 1) if h.id == q["faq_id"]), None)
                  for q, found in zip(labelled, hits)]
         return float(np.mean([1 / r if r else 0 for r in ranks]))
 
-    raw, white = mrr("off"), mrr("on")
-    assert white >= raw - 0.005, (raw, white)
+    raw, _ = Index.build(tmp_path / "off", corpus, whitening="off")
+    auto, _ = Index.build(tmp_path / "auto", corpus)
+    fit = auto.config[whitened.FIT]
+    assert not fit["whiten"] and "too few" in fit["reason"]
+    assert mrr(auto) >= mrr(raw) - 0.005 and mrr(auto) == pytest.approx(mrr(raw), abs=1e-9)
+    more = [{"id": f"x{i}-{d['_id']}", "text": f"{d['text']} (copy {i})"} for i in range(5) for d in faq]  # 120 passages
+    auto.add(more)
+    assert auto.config[whitened.FIT]["whiten"] and auto.config[whitened.FIT]["vectors"] == 120

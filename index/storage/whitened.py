@@ -34,6 +34,9 @@ SETTING = "whitening"  # {"mode": ..., "dims": ...}
 FIT = "whitening_fit"  # the decision and the fitted transform's summary
 BLOB = "whitening"  # the transform's arrays (MetadataStore.get_blob)
 GROWTH = 2.0  # refit when the index has this many times the passages it was fitted on
+# ``auto`` keeps an index of fewer passages raw: on the examples' 20 FAQ questions every whitening tried
+# (and centring alone) ranked worse than raw, on StackFAQ's 125 better (docs/quality.md#whitening).
+MIN_PASSAGES = 100
 
 _cache: dict[str, Whitening] = {}  # sha256 -> transform, a few per process
 _background: dict[Any, np.ndarray] = {}  # encoder configuration -> the background sample's vectors
@@ -120,7 +123,8 @@ def due(info: Mapping[str, Any], passages: int) -> bool:
     if fitted.get("mode") != config["mode"] or fitted.get("dims") != config["dims"]:
         return True
     if not fitted.get("whiten"):
-        return fitted.get("layer") != info.get("layer") or fitted.get("model") != info.get("model")
+        return (fitted.get("layer") != info.get("layer") or fitted.get("model") != info.get("model")
+                or (bool(fitted.get("too_few")) and passages >= MIN_PASSAGES))
     return passages >= GROWTH * max(1, int(fitted.get("passages", 0))) and passages > int(fitted.get("passages", 0))
 
 
@@ -157,7 +161,11 @@ def fit_for(info: Mapping[str, Any], corpus: np.ndarray, encoder: Callable[[], A
     decided = whitening_policy.decide(config["mode"], str(info["model"]), int(info["layer"]))
     record = {**config, "whiten": decided.whiten, "reason": decided.reason, "model": info.get("model"),
               "layer": info.get("layer")}
-    if not decided.whiten:
+    if decided.whiten and config["mode"] == "auto" and passages < MIN_PASSAGES:
+        record.update(whiten=False, too_few=True, passages=int(passages),
+                      reason=f"auto: {passages} passages are too few for a whitening that helps (it is fitted "
+                             f"from {MIN_PASSAGES}; --whitening on to whiten anyway)")
+    if not record["whiten"]:
         return None, record
     extra = background_vectors(encoder())
     dims = config["dims"]
