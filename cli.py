@@ -116,6 +116,15 @@ def hybrid_option(f):
                              "one built in memory). Needs bm25s.")(f)
 
 
+def whitening_options(f):
+    """--whitening and --whitening-dims (None: the default at build, as recorded at rebuild)."""
+    f = click.option("--whitening-dims", type=click.IntRange(0), default=None,
+                     help="Keep the first K whitened directions (smaller vectors; 0: all, the default).")(f)
+    return click.option("--whitening", type=click.Choice(options.WHITENINGS), default=None,
+                        help="Whiten the vectors with a transform fitted on the index (auto: where measured to "
+                             "help, i.e. layer -2 of the embedded model; off: the method's raw vectors).")(f)
+
+
 def wait_option(f):
     return click.option("--wait", is_flag=True,
                         help="If another process is writing the index, wait for it instead of failing.")(f)
@@ -295,14 +304,15 @@ def index_group() -> None:
                    "with the vectors by default (needs bm25s: pip install 'semsearch[hybrid]').")
 @click.option("--shards", type=click.IntRange(1), default=None,
               help="Make a sharded index: N indexes in the folder, each document in the one its id hashes to.")
+@whitening_options
 @engine_options
 @source_options
 @folder_options
 @quiet_option
 @wait_option
 def index_build(sources, index_path, force, model, layer, pooling, max_length, precision, backend, keep_hangul,
-                passage_overlap, index_type, target_recall, batch_size, hybrid, shards, engine, ray_address,
-                ray_actors, id_field, text_field, fmt, strict, follow_symlinks, max_document_mb, quiet, wait) -> None:
+                passage_overlap, index_type, target_recall, batch_size, hybrid, shards, whitening, whitening_dims,
+                engine, ray_address, ray_actors, id_field, text_field, fmt, strict, follow_symlinks, max_document_mb, quiet, wait) -> None:
     """Create an index from SOURCES (JSONL, CSV, TSV, .txt/.md files, folders, or - for stdin).
 
     \b
@@ -333,6 +343,7 @@ def index_build(sources, index_path, force, model, layer, pooling, max_length, p
         max_length=max_length, passage_overlap=passage_overlap, precision=precision, backend=backend,
         keep_hangul=keep_hangul, batch_size=batch_size,
         index_type=index_type, target_recall=target_recall, hybrid=hybrid,
+        **({"whitening": whitening, "whitening_dims": whitening_dims} if whitening or whitening_dims else {}),
     )
     progress.finish()
     _report_add(result, index_path, time.monotonic() - started, report)
@@ -417,10 +428,11 @@ def index_delete(ids, index_path, wait, ids_from, where) -> None:
               help="Tune the search settings of an approximate index to this recall@10 (default: as recorded).")
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
               help="Texts per model call.")
+@whitening_options
 @quiet_option
 @wait_option
 def index_rebuild(index_path, model, layer, pooling, max_length, precision, backend, keep_hangul, passage_overlap,
-                  index_type, target_recall, batch_size, quiet, wait) -> None:
+                  index_type, target_recall, batch_size, whitening, whitening_dims, quiet, wait) -> None:
     """Re-encode every stored document, optionally with another model, layer or pooling.
 
     Searches keep using the old vectors until the new ones are complete.
@@ -429,6 +441,7 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, back
     Example:
       semsearch index rebuild --layer -1 --index my-index
       semsearch index rebuild --index-type ivf --target-recall 0.98 --index my-index
+      semsearch index rebuild --whitening on --whitening-dims 128 --index my-index
     """
     from index.indexer import Index
 
@@ -437,7 +450,7 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, back
     result = index.rebuild(model=model, layer=layer, pooling=pooling, max_length=max_length,
                            passage_overlap=passage_overlap, precision=precision, backend=backend,
                            keep_hangul=keep_hangul, index_type=index_type, target_recall=target_recall,
-                           progress=progress)
+                           whitening=whitening, whitening_dims=whitening_dims, progress=progress)
     progress.finish()
     _report_int8(index)
     cfg = index.config
@@ -476,6 +489,10 @@ def index_info(index_path, as_json) -> None:
             return
     width = max(len(k) for k in info)
     for key, value in info.items():
+        if key == "whitening" and isinstance(value, dict):  # one line: mode, decision, what it was fitted on
+            fit = value.get("fit") or {}
+            value = (f"{value.get('mode')}, {value.get('dims') or 'all'} dims: {fit.get('reason', 'not fitted yet')}"
+                     + (f" (fitted on {fit['source']}, {fit['dimension']}-d)" if fit.get("sha256") else ""))
         click.echo(f"{key.ljust(width)}  {value}")
 
 
@@ -671,16 +688,20 @@ def _snippet(text: str, width: int = 100) -> str:
 @model_options()
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
               help="Texts per model call.")
+@click.option("--whiten-with", "whiten_with", default=None, type=click.Path(file_okay=False),
+              help="Whiten the vectors with this index's transform, encoded by its model and layer (as its "
+                   "FAISS vectors and queries are); without it, the method's raw vectors.")
 @source_options
 @quiet_option
 def embed(texts, input_path, model, layer, pooling, max_length, precision, backend, keep_hangul, batch_size,
-          id_field, text_field, fmt, strict, quiet) -> None:
+          whiten_with, id_field, text_field, fmt, strict, quiet) -> None:
     """Print sentence vectors as JSON lines: {"id": ..., "vector": [...]}, in input order.
 
     \b
     Example:
       semsearch embed "The bank raised its rates." "We sat on the river bank."
       semsearch embed --input sentences.txt --layer -1 > vectors.jsonl
+      semsearch embed "reset my password" --whiten-with my-index
     """
     import numpy as np
 
@@ -698,11 +719,20 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, backe
                           strict=strict, report=report)
         items = [(d.id, d.text) for d in docs]
         _report_reading(report)
-    encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
-                           batch_size=batch_size, precision=precision, backend=backend, keep_hangul=keep_hangul)
+    whiten = None
+    if whiten_with is not None:
+        from index.indexer import Index
+
+        with Index.open(whiten_with, batch_size=batch_size).snapshot() as snap:
+            encoder, whiten = snap.whitened_encoder()
+    else:
+        encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
+                               batch_size=batch_size, precision=precision, backend=backend, keep_hangul=keep_hangul)
     progress = Progress("encoding texts", total=len(items), quiet=quiet)
     vectors = encoder.encode([t for _, t in items], progress=progress)
     progress.finish()
+    if whiten is not None:
+        vectors = whiten.apply(vectors)
     for (item_id, _), vec in zip(items, vectors):
         click.echo(_dump({"id": item_id, "vector": np.round(vec.astype(np.float64), 7).tolist()}))
 

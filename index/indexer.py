@@ -25,7 +25,7 @@ from .lexical import bm25
 from .model.config import EncoderConfig, resolve_model
 from .model.encoder import Encoder
 from .records import AddResult, DeleteResult, IndexInfo, RebuildResult, recorded_runs
-from .storage import folder
+from .storage import folder, whitened
 from .storage.check import CheckReport, RepairReport, check_index, repair_index
 from .storage.generations import Generations, file_name
 from .storage.lock import WriteLock
@@ -38,12 +38,9 @@ from .storage.writer import OnCommit, Progress, Writer, check_overlap
 
 __all__ = ["Index", "IndexInfo", "AddResult", "DeleteResult", "RebuildResult"]
 
-RESERVED_SETTINGS = frozenset({
-    "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend",
-    "keep_hangul", "target_recall", "search_tuning", "vectors_base", "vectors_base_count", "vector_seals", "bm25_seal", "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete",
-    "created_at", "updated_at", "filter_epoch",
-})
-RESERVED_SETTINGS |= {"bulk_backend", "query_backend", "query_precision"}  # the bulk and query paths (auto)
+RESERVED_SETTINGS = frozenset({  # bulk_backend, query_backend, query_precision: the paths auto chose
+    "model", "model_fingerprint", "layer", "pooling", "dimension", "max_length", "precision", "backend", "keep_hangul", "target_recall", "search_tuning", "vectors_base", "vectors_base_count", "vector_seals", "bm25_seal",
+    "passage_tokens", "passage_overlap", "index_type", "generation", "next_passage_id", "complete", "created_at", "updated_at", "filter_epoch", whitened.SETTING, whitened.FIT, "bulk_backend", "query_backend", "query_precision"})
 
 
 def check_target(target: float | None) -> float:
@@ -87,6 +84,8 @@ class Index(Operations):
         index_type: str = options.DEFAULT_INDEX_TYPE,
         target_recall: float | None = None,
         hybrid: bool = False,
+        whitening: str | None = None,
+        whitening_dims: int | None = None,
         batch_size: int = options.DEFAULT_BATCH_SIZE,
         device: str | None = None,
         force: bool = False,
@@ -99,7 +98,7 @@ class Index(Operations):
         swaps it in when complete. ``complete=False`` marks an index whose
         build is still going on (``build`` resumes such an index). ``hybrid=True`` records that
         the index keeps a BM25 index of its passages, updated with every write, and that searches
-        fuse it with the vector ranking by default (``search.hybrid``; needs ``bm25s``).
+        fuse it with the vector ranking by default (``search.hybrid``; needs ``bm25s``). ``whitening``: see ``storage.whitened``.
         """
         path = Path(path)
         if hybrid:
@@ -107,6 +106,7 @@ class Index(Operations):
         folder.recover(path)
         folder.check_destination(path, force)
         registry.resolve_type(index_type, 0)  # validates the name before anything is written
+        whitening_config = whitened.configuration(whitening, whitening_dims)
         request = EncoderConfig.for_model(model, layer=layer, pooling=pooling, max_length=max_length,
                                           precision=precision, backend=backend, keep_hangul=keep_hangul)
         encoder = Encoder.for_config(request, batch_size=batch_size, device=device)
@@ -119,7 +119,7 @@ class Index(Operations):
             store = MetadataStore.connect(staging, create=True)
             store.initialise({**encoder.describe(), "passage_tokens": encoder.window,
                               "passage_overlap": passage_overlap, "index_type": index_type, "complete": complete,
-                              "target_recall": check_target(target_recall),
+                              "target_recall": check_target(target_recall), whitened.SETTING: whitening_config,
                               **({bm25.SETTING: True} if hybrid else {})})
             store.close()
             registry.empty(encoder.dimension).save(staging / file_name(0))
@@ -282,13 +282,13 @@ class Index(Operations):
                 max_length=cfg["max_length"], passage_tokens=cfg["passage_tokens"],
                 passage_overlap=cfg["passage_overlap"], precision=cfg["precision"],
                 backend=cfg.get("backend") or options.DEFAULT_BACKEND, keep_hangul=bool(cfg.get("keep_hangul", False)),
-                target_recall=float(cfg.get("target_recall", options.DEFAULT_TARGET_RECALL)),
-                search_tuning=cfg.get("search_tuning"),
+                target_recall=float(cfg.get("target_recall", options.DEFAULT_TARGET_RECALL)), search_tuning=cfg.get("search_tuning"),
                 index_type=cfg.get("index_type", options.DEFAULT_INDEX_TYPE), vector_index=snap.vectors.describe(),
                 schema_version=SCHEMA_VERSION, generation=snap.generation, documents=docs, passages=passages,
                 vectors=snap.vectors.ntotal, complete=bool(cfg.get("complete", True)),
                 created_at=cfg["created_at"], updated_at=cfg["updated_at"], hybrid=bool(cfg.get(bm25.SETTING, False)),
                 bulk=recorded_runs(cfg)[0], query=recorded_runs(cfg)[1],
+                whitening={**whitened.recorded(cfg), "fit": cfg.get(whitened.FIT)},
             )
 
     def tune(self, target_recall: float | None = None):
@@ -367,6 +367,8 @@ class Index(Operations):
         keep_hangul: bool | None = None,
         index_type: str | None = None,
         target_recall: float | None = None,
+        whitening: str | None = None,
+        whitening_dims: int | None = None,
         progress: Progress | None = None,
     ) -> RebuildResult:
         """Re-encode every stored text with a new configuration (unset values keep the recorded ones).
@@ -374,17 +376,22 @@ class Index(Operations):
         Searches see the old index until the new one is complete. When only
         ``index_type`` changes, the stored vectors are re-indexed without
         encoding anything. ``target_recall`` changes the recall the search settings are tuned for.
+        ``whitening``/``whitening_dims`` change the whitening (dims 0: all), refitted in every case.
         """
         if index_type is not None:
             registry.resolve_type(index_type, 0)  # validates the name
         if target_recall is not None:
             check_target(target_recall)
-        only_type = index_type is not None and all(
+        if rewhiten := (whitening is not None or whitening_dims is not None):
+            whitened.reconfigured(self.config, whitening, whitening_dims)  # validates before the lock
+        no_encoding = all(
             v is None for v in (model, layer, pooling, max_length, passage_overlap, precision, backend, keep_hangul))
         with self.session() as writer:
             if target_recall is not None:
                 writer.record({"target_recall": target_recall})
-            if only_type:
+            if rewhiten:
+                writer.configure_whitening(whitening, whitening_dims)
+            if no_encoding and (index_type is not None or rewhiten):  # from the stored vectors, refitted
                 return writer.reindex(index_type)
             request = EncoderConfig.from_info(self.config).merge(
                 model=model, layer=layer, pooling=pooling, max_length=max_length, precision=precision,

@@ -40,6 +40,8 @@ COMMIT_EVERY = 1000  # documents per committed transaction while adding
 SHARD_MANIFEST = "semsearch-shards.json"  # marks a sharded index's folder (index.distributed.shards)
 ENGINES = ("local", "ray")  # who encodes an add: this process, or a Ray actor pool (index.distributed.ray_engine)
 DEFAULT_TARGET_RECALL = 0.95  # approximate indexes tune their search settings to reach this recall@10
+WHITENINGS = ("auto", "on", "off")  # --whitening: as measured for the model and layer, always, never
+DEFAULT_WHITENING = "auto"
 
 # --- input ---------------------------------------------------------------------------------
 FORMATS = ("jsonl", "csv", "tsv", "text", "lines")

@@ -90,6 +90,7 @@ class IndexInfo:
     hybrid: bool = False  # keeps a BM25 index of its passages; searches are hybrid by default
     bulk: str = ""  # backend and precision that encoded the stored passages, e.g. "torch bf16"
     query: str = ""  # backend and precision of single queries, e.g. "onnx fp32"
+    whitening: dict | None = None  # mode, dims and the fit (decision, transform summary; index.storage.whitened)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,6 +21,7 @@ import numpy as np
 
 from index.errors import InputError, SemsearchError
 from index.indexer import Index
+from index.storage import whitened
 
 from .calibration import SETTING, Calibration, Observation, Rates, choose
 from .faq import FAQ
@@ -122,13 +123,16 @@ def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]
     docs = index.store.documents(ids)
     entries = [str(docs[d][1].get("faq_id", d)) for d in ids]
     matrix = encoder.encode([docs[d][0] for d in ids], warn=False)
+    # As a rebuild at that layer would make it: whitened where the index's whitening setting says so.
+    transform, _ = whitened.fit_for({**cfg, "layer": layer}, matrix, lambda: encoder, len(matrix))
+    matrix = whitened.apply(transform, matrix)
     names = sorted(set(entries))
     column = {e: i for i, e in enumerate(names)}
     owner = np.array([column[e] for e in entries])
     out = []
     for start in range(0, len(labelled), 256):
         chunk = labelled[start : start + 256]
-        scores = encoder.encode([q.question for q in chunk], warn=False) @ matrix.T
+        scores = whitened.apply(transform, encoder.encode([q.question for q in chunk], warn=False)) @ matrix.T
         per_entry = np.full((len(chunk), len(names)), -np.inf, dtype=np.float32)
         np.maximum.at(per_entry.T, owner, scores.T)  # best question of each entry
         order = np.argsort(-per_entry, axis=1)

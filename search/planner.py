@@ -38,7 +38,7 @@ def best_passages(snap: Any, vector: np.ndarray, k: int, allowed: np.ndarray | N
     if pool == 0:
         return []
     if allowed is not None and pool <= max(EXACT_MAX, IN_MEMORY_SHARE * snap.vectors.ntotal):
-        scored = snap.vectors.score_ids(vector, allowed)  # flat: the vectors in memory, no scan
+        scored = snap.vectors.score_ids(snap.whiten(vector), allowed)  # flat: the vectors in memory, no scan
         if scored is not None:
             return exact_scored(snap, *scored, k)
         if pool <= EXACT_MAX:
@@ -58,12 +58,13 @@ def best_passages(snap: Any, vector: np.ndarray, k: int, allowed: np.ndarray | N
 
 
 def exact(snap: Any, vector: np.ndarray, k: int, ids: np.ndarray) -> list[tuple[str, float, Passage]]:
-    """The top ``k`` documents among the passages ``ids``, scored from their stored vectors."""
+    """The top ``k`` documents among the passages ``ids``, scored from their stored vectors (the
+    method's raw vectors, whitened like the query when the index whitens: the scores FAISS gives)."""
     stored = snap.store.vectors_of([int(i) for i in ids], len(vector))
     if not stored:
         return []
     pids = np.fromiter(stored, dtype=np.int64, count=len(stored))
-    return exact_scored(snap, pids, np.stack(list(stored.values())) @ vector, k)
+    return exact_scored(snap, pids, snap.whiten(np.stack(list(stored.values()))) @ snap.whiten(vector), k)
 
 
 def exact_scored(snap: Any, pids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[str, float, Passage]]:

@@ -38,6 +38,7 @@ from ..records import AddResult, DeleteResult, IndexInfo
 from ..storage import folder
 from ..storage.writer import OnCommit, Progress, Writer, as_document
 from .operations import ShardedOperations
+from .shared_whitening import refit_shared
 
 MANIFEST = options.SHARD_MANIFEST
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a child folder: no separator, no '..'
@@ -254,6 +255,8 @@ class ShardedIndex(ShardedOperations):
         seen: set[str] = set()
         with ExitStack() as stack:
             writers: list[Writer] = [stack.enter_context(index.session(engine)) for index in self.indexes]
+            for writer in writers:
+                writer.refit_shared = True  # one whitening for all shards, fitted below (shared_whitening)
             buffers: list[dict[str, dict]] = [{} for _ in writers]
 
             def flush(n: int) -> None:
@@ -273,6 +276,7 @@ class ShardedIndex(ShardedOperations):
                     flush(n)
             for n in range(len(writers)):
                 flush(n)
+            refit_shared(writers)
             if complete:
                 for writer in writers:
                     writer.mark_complete()

@@ -22,6 +22,7 @@ from ..indexer import Index
 from ..ingest.engines import Chunk, EncodeSettings, Progress
 from ..ingest.passages import EncodedDocument
 from ..records import AddResult
+from ..storage import whitened
 from .shards import ShardedIndex
 
 CONFIG_KEYS = ("layer", "pooling", "max_length", "precision", "backend", "keep_hangul", "passage_overlap",
@@ -84,6 +85,8 @@ def split_index(source: str | os.PathLike, into: str | os.PathLike, shards: int,
         raise SemsearchError(f"{source_path} is an interrupted build; finish it before splitting")
     index.encoder  # noqa: B018 - the model must still be the recorded one (it is loaded and checked here)
     config = {key: info[key] for key in CONFIG_KEYS if key in info}
+    whitening = whitened.recorded(info)  # the source's (refitted on the shards together; raw stays raw)
+    config.update(whitening=whitening["mode"], whitening_dims=whitening["dims"])
     with index.store.transaction(immediate=False):  # one read snapshot of the source for the whole copy
         sharded, result = ShardedIndex.build(into_path, stored_documents(index), shards=shards, force=force,
                                              progress=progress, engine=StoredPassages(index),

@@ -29,7 +29,9 @@ from ..ingest.passages import document_spans
 from ..model.precision import MIN_PROBE_COSINE
 from ..model.reference import reference_min_cosine
 from . import filter_check
+from .check_whitening import check_transform
 from .deltas import delta_files
+from .whitened import index_dimension
 from .generations import base_generation, chain_names, data_files, data_name, file_name, read_vectors, vector_files
 from .seals import recorded
 
@@ -110,7 +112,10 @@ def check_index(index: CheckedIndex, sample: int = 20, tolerance: float = 1e-3, 
     if stale:
         report.notes.append(f"leftover vector files of other generations: {', '.join(stale)}")
     if on_disk is not None:
-        _check_vectors(on_disk, index, shown, int(cfg["dimension"]), report)
+        _check_vectors(on_disk, index, shown, index_dimension(cfg), report)
+    problems, notes = check_transform(store, cfg, on_disk, sample)
+    report.problems += problems
+    report.notes += notes
     orphans = len(store.orphan_passage_ids())
     if orphans:
         report.problems.append(f"{orphans} passage(s) belong to no document; run `semsearch index repair`")

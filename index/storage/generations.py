@@ -39,6 +39,7 @@ from .deltas import MAX_DELTAS, Delta, delta_files, delta_name, load_delta
 from .folder import numbered_entries
 from .seals import SETTING as SEALS, recorded, sealed, verify
 from .store import MetadataStore
+from .whitened import faiss_vectors, index_dimension
 
 FILE_PATTERN = re.compile(r"^vectors-(\d+)\.faiss$")
 DATA_PATTERN = re.compile(r"^vectors-(\d+)" + re.escape(DATA_SUFFIX) + "$")  # an ivf-disk base's lists
@@ -156,7 +157,7 @@ class Generations:
         with store.transaction(immediate=False):  # one read snapshot: generation, counts, vectors
             generation = store.generation()
             info = store.get_info()
-            dimension = int(info["dimension"])
+            dimension = index_dimension(info)  # the whitened dimension when the index is whitened
             base = base_generation(info, generation)
             vectors = self._read(base, generation, dimension, recorded(info))
             if vectors is not None:
@@ -164,7 +165,7 @@ class Generations:
             from_file = vectors is not None
             if vectors is None:
                 n = store.counts()[1]
-                vectors = registry.build(rebuild_kind, dimension, n, lambda: store.iter_vectors(dimension),
+                vectors = registry.build(rebuild_kind, dimension, n, faiss_vectors(store, info),
                                          workdir=self.folder)
         self.vectors, self.generation, self.base = vectors, generation, base
         return from_file
@@ -245,8 +246,7 @@ class Generations:
         current = self.vectors
         rebuilt = registry.resolve_type(kind, n) != current.kind or current.needs_rebuild(n)
         if rebuilt:
-            dimension = current.dimension
-            self.vectors = registry.build(kind, dimension, n, lambda: self.store.iter_vectors(dimension),
+            self.vectors = registry.build(kind, current.dimension, n, faiss_vectors(self.store, info),
                                           workdir=self.folder)
         base = base_generation(info, generation - 1)
         data = None if rebuilt or commit.replaced else commit.delta.encode(self.vectors.dimension)

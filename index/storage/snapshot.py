@@ -6,7 +6,9 @@ transaction pins one committed state, the vectors are those of its
 generation, and the encoder is the one its recorded configuration names. A
 writer committing meanwhile (a rebuild replaces every passage id, or the
 model) can never pair FAISS ids of one state with rows, or query vectors, of
-another.
+another. An index that whitens (``whitened``) holds whitened vectors in FAISS:
+``search`` and ``rerank`` take the method's raw query vectors and whiten them
+with the transform of the same generation.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import numpy as np
 
 from ..ann.registry import SearchSettings, VectorIndex
 from ..ann.tuning import Tuning
+from ..errors import SemsearchError
 from ..model.config import EncoderConfig
+from ..model.whitening import Whitening
 from ..records import Passage
 from . import filters
 from .migrations import FILTER_EPOCH
+from . import whitened
 from .store import MetadataStore
 
 
@@ -34,6 +39,22 @@ class Snapshot:
     generation: int
     info: dict[str, Any]
     load_encoder: Callable[[Mapping[str, Any]], Any] = field(repr=False)
+
+    @property
+    def whitening(self) -> Whitening | None:
+        """This generation's transform (None: FAISS holds the raw vectors), read in its transaction."""
+        return whitened.transform(self.store, self.info)
+
+    def whitened_encoder(self) -> tuple[Any, Whitening]:
+        """``(encoder, transform)`` of this state; refused with one line when it is not whitened."""
+        if self.whitening is None:
+            raise SemsearchError(f"index {self.store.path.parent} is not whitened ({whitened.decision(self.info).reason})")
+        return self.encoder, self.whitening
+
+    def whiten(self, vectors: np.ndarray) -> np.ndarray:
+        """Raw query vectors (one or a matrix) as this generation's FAISS vectors are made."""
+        whitening = self.whitening
+        return vectors if whitening is None else whitening.apply(vectors)
 
     @property
     def encoder_config(self) -> EncoderConfig:
@@ -80,7 +101,7 @@ class Snapshot:
                settings: SearchSettings | None) -> list[tuple[int, float]]:
         """The ``n`` nearest passages to one query vector, as ``(passage id, score)``, best first;
         ``settings`` override the tuned ones."""
-        scores, ids = self.vectors.search(vector[None, :], n, allowed, self.settings(settings))
+        scores, ids = self.vectors.search(self.whiten(vector)[None, :], n, allowed, self.settings(settings))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
     @property
@@ -91,7 +112,8 @@ class Snapshot:
     def rerank(self, vector: np.ndarray, ids: Sequence[int]) -> list[tuple[int, float]]:
         """Exact scores from the stored float32 vectors, best first."""
         stored = self.store.vectors_of(ids, len(vector))
-        scored = [(pid, float(stored[pid] @ vector)) for pid in ids if pid in stored]
+        query = self.whiten(vector)
+        scored = [(pid, float(self.whiten(stored[pid]) @ query)) for pid in ids if pid in stored]
         return sorted(scored, key=lambda t: -t[1])
 
     # --- rows -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from . import filters, info_values, migrations, space
 DB_NAME = "semsearch.db"
 NEXT_TABLE = "passages_next"  # filled by a rebuild, swapped in when complete
 IN_CHUNK = 500  # values per "IN (?, ...)" query, well below SQLite's variable limit
+BLOB_PREFIX = "blob:"  # info keys holding bytes (read by get_blob, never by get_info)
 
 
 def utc_now() -> str:
@@ -145,7 +146,22 @@ class MetadataStore:
 
     # --- info ------------------------------------------------------------------
     def get_info(self) -> dict[str, Any]:
-        return info_values.checked(self.conn.execute("SELECT key, value FROM info"))
+        """Every recorded setting but the binary ones (``BLOB_PREFIX``: see ``get_blob``)."""
+        return info_values.checked(self.conn.execute(
+            "SELECT key, value FROM info WHERE substr(key, 1, length(?)) != ?", (BLOB_PREFIX, BLOB_PREFIX)))
+
+    def get_blob(self, key: str) -> bytes | None:
+        """A binary setting (e.g. the whitening transform), kept in ``info`` out of ``get_info``'s way."""
+        row = self.conn.execute("SELECT value FROM info WHERE key = ?", (BLOB_PREFIX + key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_blob(self, key: str, data: bytes | None) -> None:
+        """Record (None: remove) a binary setting; call inside a transaction."""
+        if data is None:
+            self.conn.execute("DELETE FROM info WHERE key = ?", (BLOB_PREFIX + key,))
+        else:
+            self.conn.execute("INSERT INTO info (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                              "value = excluded.value", (BLOB_PREFIX + key, sqlite3.Binary(data)))
 
     def set_info(self, values: dict[str, Any]) -> None:
         self.conn.executemany(

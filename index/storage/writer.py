@@ -33,6 +33,7 @@ from ..model.config import EncoderConfig
 from ..model.encoder import Encoder
 from ..model.text import normalize_text
 from ..records import AddResult, DeleteResult, RebuildResult
+from . import whitened
 from .generations import Generations
 from .lock import WriteLock
 from .space import merge_text_index, reclaim
@@ -84,6 +85,7 @@ class Writer:
         self.device = device
         self.lock = WriteLock(self.folder, wait)
         self.removed_leftovers: list[str] = []  # temporary files of a killed writer, removed on entry
+        self.refit_shared = False  # True: a sharded index refits every shard's whitening at once
 
     def __enter__(self) -> "Writer":
         self.lock.acquire()
@@ -118,7 +120,7 @@ class Writer:
         with closing(self.engine.encode_chunks(self._chunks(documents, result, progress), settings,
                                                progress)) as encoded_chunks:
             for chunk, encoded in encoded_chunks:
-                self._add_chunk(chunk, encoded, result, on_commit)
+                self._add_chunk(chunk, encoded, result, on_commit)  # refits the whitening when due
         reclaim(self.store.conn)  # a WAL grown past its bound is checkpointed and truncated
         self.tune_when_due()
         return result
@@ -203,8 +205,14 @@ class Writer:
                     result.added += 1
             self.store.update_metadata(meta_only)
             commit.remove(removed)
-            if new_ids:
-                commit.add(np.asarray(new_ids, dtype=np.int64), np.concatenate(new_vecs))
+            info = self.store.get_info()
+            # FAISS holds the vectors as the recorded transform makes them (SQLite keeps them raw); when a
+            # fit is due (a whitened index's first chunk, or it has doubled) it is made now, these included.
+            if new_ids and not self.refit_shared and whitened.due(info, self.store.counts()[1]):
+                commit.replace(whitened.refit_in_commit(self.store, self.encoder, self.generations.folder))
+            elif new_ids:
+                commit.add(np.asarray(new_ids, dtype=np.int64),
+                           whitened.apply(whitened.transform(self.store, info), np.concatenate(new_vecs)))
         if on_commit:
             skipped = set(result.skipped_empty)
             on_commit([d for d in chunk.ids if d not in skipped])
@@ -249,7 +257,10 @@ class Writer:
         kind = index_type or info.get("index_type", options.DEFAULT_INDEX_TYPE)
         # Collect the new vectors in memory only when they will end as a flat index; other types are
         # built from the stored vectors at the switch (in bounded memory where the type allows it).
-        in_memory = registry.resolve_type(kind, self.store.counts()[1]) == "flat"
+        # A whitened index is fitted on the new vectors at the switch, and built from them then.
+        target = {**info, "model": encoder.describe()["model"], "layer": encoder.layer}
+        in_memory = (registry.resolve_type(kind, self.store.counts()[1]) == "flat"
+                     and not whitened.decision(target).whiten)
         new = registry.empty(encoder.dimension) if in_memory else None
         n_docs = n_passages = 0
         try:
@@ -267,10 +278,10 @@ class Writer:
                 self.store.set_info({**encoder.describe(), "passage_tokens": encoder.window,
                                      "passage_overlap": overlap,
                                      "index_type": kind})
+                info = self._fit(lambda: encoder, n_passages)  # refitted on the new vectors (or recorded as raw)
                 if new is None:
-                    dimension = encoder.dimension
-                    new = registry.build(kind, dimension, n_passages, lambda: self.store.iter_vectors(dimension),
-                                         workdir=self.generations.folder)
+                    new = registry.build(kind, whitened.index_dimension(info), n_passages,
+                                         whitened.faiss_vectors(self.store, info), workdir=self.generations.folder)
                 commit.replace(new)
         except BaseException:
             self.store.drop_next_passages()
@@ -279,19 +290,35 @@ class Writer:
         self.tune_when_due()
         return RebuildResult(documents=n_docs, passages=n_passages, seconds=time.monotonic() - started)
 
-    def reindex(self, index_type: str) -> RebuildResult:
-        """Switch the vector index type, building the new one from the stored vectors first."""
+    def reindex(self, index_type: str | None = None) -> RebuildResult:
+        """Build the vector index again from the stored vectors (switching to ``index_type`` when
+        given), the whitening refitted on them; nothing is encoded."""
         started = time.monotonic()
-        registry.resolve_type(index_type, 0)  # validates the name
-        dimension = int(self.store.get_info()["dimension"])
+        if index_type is not None:
+            registry.resolve_type(index_type, 0)  # validates the name
         n_docs, n = self.store.counts()
-        new = registry.build(index_type, dimension, n, lambda: self.store.iter_vectors(dimension),
-                             workdir=self.generations.folder)
         with self.generations.commit() as commit:
-            self.store.set_info({"index_type": index_type})
-            commit.replace(new)
+            if index_type is not None:
+                self.store.set_info({"index_type": index_type})
+            info = self._fit(self.encoder, n)
+            commit.replace(registry.build(info.get("index_type", options.DEFAULT_INDEX_TYPE),
+                                          whitened.index_dimension(info), n, whitened.faiss_vectors(self.store, info),
+                                          workdir=self.generations.folder))
         self.tune_when_due()
         return RebuildResult(documents=n_docs, passages=n, seconds=time.monotonic() - started)
+
+    # --- whitening (``whitened``) ----------------------------------------------------------------
+    def _fit(self, encoder: Callable[[], Encoder], passages: int) -> dict[str, Any]:
+        return whitened.fit_in_store(self.store, encoder, passages)
+
+    def refit(self, force: bool = False) -> bool:
+        """Refit the whitening when due, or always with ``force``, rewriting the FAISS vectors from
+        the stored ones (``whitened.refit``); returns whether it refitted."""
+        return whitened.refit(self.store, self.generations, self.encoder, force)
+
+    def configure_whitening(self, mode: str | None, dims: int | None) -> None:
+        """Record a new whitening configuration (None: keep that part; ``dims`` 0: all); the caller refits."""
+        self.record({whitened.SETTING: whitened.reconfigured(self.store.get_info(), mode, dims)})
 
     # --- search settings ---------------------------------------------------------------------
     def tune_when_due(self) -> None:
@@ -319,16 +346,18 @@ class Writer:
             return None
         if not force and not tuning.due(vectors, recorded, target):
             return recorded
-        dimension = int(info["dimension"])
+        dimension, whitening = int(info["dimension"]), whitened.transform(self.store, info)
         ids = self.store.passage_ids()
         if not len(ids):  # nothing stored yet: nothing to measure (tuned after the first add)
             return None
         sample = np.sort(np.random.default_rng(0).choice(ids, min(tuning.QUERIES, len(ids)), replace=False))
         stored = self.store.vectors_of(sample, dimension)
-        queries = tuning.proxy_queries(np.stack([stored[int(i)] for i in sample]))
-        result = tuning.tune(vectors, queries,
-                             lambda: self.store.iter_vectors(dimension),
-                             lambda wanted: self.store.vectors_of(wanted, dimension), target)
+        queries = tuning.proxy_queries(whitened.apply(whitening, np.stack([stored[int(i)] for i in sample])))
+
+        def vectors_of(wanted):  # as the FAISS index holds them
+            raw = self.store.vectors_of(wanted, dimension)
+            return {pid: whitened.apply(whitening, v[None, :])[0] for pid, v in raw.items()}
+        result = tuning.tune(vectors, queries, whitened.faiss_vectors(self.store, info), vectors_of, target)
         self.record({"search_tuning": result.as_info()})
         return result
 

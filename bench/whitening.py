@@ -1,0 +1,215 @@
+"""Whitening, measured: the method's raw layer −2 vectors against whitened ones (and fewer dimensions).
+
+The embedded model, layer −2 mean (the default). For SciFact and StackFAQ
+(../shared/data) one index is built with ``--whitening off`` (and a BM25
+index), evaluated, then refitted in place with ``index rebuild --whitening
+...`` (the stored vectors are re-used: nothing is encoded again) and
+evaluated again; each configuration also fused with BM25 (``--hybrid``).
+STSb: the Spearman correlation of the test pairs' cosines with the gold
+scores, the transform fitted by indexing the dev sentences (no labels).
+Also: the size of the FAISS file and the time of one query's vector search
+(median over the queries, query vectors given) per configuration, and flat
+search over 100,000 random passages at 384 and 128 dimensions. Each row
+prints the commands that reproduce it. Prints the CPU, tables and one JSON line.
+
+    python bench/whitening.py                       # STSb, StackFAQ, SciFact; indexes in a temporary folder
+    python bench/whitening.py --work /tmp/wh        # keeps the indexes (and reuses them)
+    python bench/whitening.py --quick               # STSb 200 pairs and StackFAQ: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+
+from index import Index  # noqa: E402
+from index.ann import registry  # noqa: E402
+from index.ingest.sources import read_documents  # noqa: E402
+from index.storage.folder import is_index  # noqa: E402
+from search.evaluation import evaluate_index, plan_evaluation, spearman  # noqa: E402
+from search.searcher import Searcher  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+CONFIGS = [("raw (off)", "off", 0), ("whitened (auto)", "auto", 0), ("whitened, 256 dims", "on", 256),
+           ("whitened, 128 dims", "on", 128)]
+
+
+class Hybrid:
+    """``search_many`` for ``evaluate_index``: the vectors fused with BM25."""
+
+    def __init__(self, searcher: Searcher):
+        self.searcher = searcher
+
+    def search_many(self, queries, k=10):
+        return self.searcher.search_many(queries, k=k, hybrid=True)
+
+
+class Dense:
+    """``search_many`` for ``evaluate_index`` from the queries' raw vectors, encoded once for every
+    configuration (``Searcher.search_vectors`` whitens them as ``search`` does)."""
+
+    def __init__(self, searcher: Searcher, vectors: dict[str, np.ndarray]):
+        self.searcher, self.vectors = searcher, vectors
+
+    def search_many(self, queries, k=10):
+        return self.searcher.search_vectors(np.stack([self.vectors[q] for q in queries]), k=k)
+
+
+def rebuild_command(path: str, mode: str, dims: int) -> str:
+    return f"semsearch index rebuild --index {path} --whitening {mode} --whitening-dims {dims}"
+
+
+def configure(index: Index, mode: str, dims: int) -> None:
+    fit = index.config.get("whitening") or {}
+    if fit.get("mode") != mode or (fit.get("dims") or 0) != dims:
+        index.rebuild(whitening=mode, whitening_dims=dims)
+
+
+def vector_search_ms(index: Index, vectors: np.ndarray) -> float:
+    searcher = Searcher(index)
+    times = []
+    for row in vectors:
+        started = time.perf_counter()
+        searcher.search_vectors(row[None, :], k=10)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> list[dict]:
+    folder, path = data / name, work / name
+    if is_index(path) and Index.open(path).config.get("complete", True):
+        index = Index.open(path)
+    else:
+        index, _ = Index.build(path, read_documents([str(folder / "corpus.jsonl")]), force=True, whitening="off",
+                               hybrid=hybrid)
+    plan = plan_evaluation(folder / "queries.jsonl", folder / "qrels" / "test.tsv")
+    if quick:
+        plan.queries = plan.queries[:200]
+        plan.qrels = {q.id: plan.qrels[q.id] for q in plan.queries}
+    raw_queries = index.encoder.encode([q.text for q in plan.queries], warn=False)
+    by_text = dict(zip([q.text for q in plan.queries], raw_queries))
+    build = (f"semsearch index build {folder / 'corpus.jsonl'} --index {path} --whitening off"
+             + (" --hybrid" if hybrid else ""))
+    evaluate = f"semsearch eval --queries {folder / 'queries.jsonl'} --qrels {folder / 'qrels' / 'test.tsv'} --index {path}"
+    rows = []
+    for label, mode, dims in CONFIGS:
+        configure(index, mode, dims)
+        index = Index.open(path)
+        searcher = Searcher(index)
+        dense = evaluate_index(Dense(searcher, by_text), plan).ndcg_at_10
+        fused = evaluate_index(Hybrid(searcher), plan).ndcg_at_10 if hybrid else None
+        with index.snapshot() as snap:
+            faiss_bytes = (index.path / f"vectors-{snap.info.get('vectors_base', snap.generation)}.faiss").stat().st_size
+        rows.append({"dataset": name, "configuration": label, "ndcg@10": round(dense, 4),
+                     "hybrid_ndcg@10": None if fused is None else round(fused, 4), "faiss_bytes": faiss_bytes,
+                     "search_ms_p50": round(vector_search_ms(index, raw_queries[:100]), 3),
+                     "commands": [build, rebuild_command(str(path), mode, dims),
+                                  evaluate + " --no-hybrid" + (f"; {evaluate} --hybrid" if hybrid else "")]})
+    return rows
+
+
+def sts(data: Path, work: Path, quick: bool) -> list[dict]:
+    def pairs(split: str):
+        with open(data / "stsb_en" / f"stsb-en-{split}.csv", newline="", encoding="utf-8") as f:
+            return [(r[0], r[1], float(r[2])) for r in csv.reader(f)]
+    test, dev = pairs("test"), pairs("dev")
+    if quick:
+        test, dev = test[:200], dev[:300]
+    sentences = list(dict.fromkeys([s for a, b, _ in dev for s in (a, b)]))
+    path = work / ("stsb-dev-quick" if quick else "stsb-dev")
+    if not is_index(path):
+        Index.build(path, [{"id": str(i), "text": s} for i, s in enumerate(sentences)], whitening="off")
+    rows = []
+    for label, mode, dims in CONFIGS:
+        index = Index.open(path)
+        configure(index, mode, dims)
+        index = Index.open(path)
+        with index.snapshot() as snap:
+            a = snap.whiten(index.encoder.encode([t[0] for t in test], warn=False))
+            b = snap.whiten(index.encoder.encode([t[1] for t in test], warn=False))
+        rows.append({"dataset": "stsb", "configuration": label, "pairs": len(test),
+                     "spearman": round(spearman((a * b).sum(axis=1), [t[2] for t in test]), 4),
+                     "commands": [f"semsearch index build <the {len(sentences)} STSb dev sentences> --index {path} "
+                                  "--whitening off", rebuild_command(str(path), mode, dims),
+                                  "python bench/whitening.py --work " + str(work)]})
+    return rows
+
+
+def flat_speed(n: int, quick: bool) -> list[dict]:
+    """Flat search over ``n`` random unit vectors, 384-d and 128-d (median of 50 single queries)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for dim in (384, 128):
+        vectors = rng.standard_normal((n, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        flat = registry.empty(dim)
+        flat.add(np.arange(n, dtype=np.int64), vectors)
+        times = []
+        for q in vectors[: 20 if quick else 50]:
+            started = time.perf_counter()
+            flat.search(q[None, :], 10)
+            times.append((time.perf_counter() - started) * 1000)
+        rows.append({"passages": n, "dimension": dim, "search_ms_p50": round(statistics.median(times), 3)})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=None, help="Where the indexes go (kept and reused)")
+    parser.add_argument("--datasets", nargs="+", default=["stsb", "stackfaq", "scifact"])
+    parser.add_argument("--quick", action="store_true",
+                        help="STSb (200 test pairs, fitted on 300 dev pairs) and 200 StackFAQ queries, no BM25")
+    args = parser.parse_args()
+    if not (args.data / "stackfaq").is_dir():
+        print(f"skipped: evaluation data not found under {args.data}", file=sys.stderr)
+        return 0
+    if args.quick:
+        args.datasets = ["stsb", "stackfaq"]
+    try:
+        import bm25s  # noqa: F401
+        hybrid = not args.quick
+    except ImportError:
+        hybrid = False
+    warnings.simplefilter("ignore")
+    print(f"machine: {cpu_line()}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="semsearch-bench-whitening-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name in args.datasets:
+            rows += (sts(args.data, work, args.quick) if name == "stsb"
+                     else retrieval(name, args.data, work, hybrid, args.quick))
+    speed = flat_speed(10_000 if args.quick else 100_000, args.quick)
+    print(f"\n{'dataset':<9} {'configuration':<20} {'score':>7} {'+BM25':>7} {'FAISS MB':>9} {'search ms':>9}")
+    for r in rows:
+        score = r.get("spearman", r.get("ndcg@10"))
+        fused = r.get("hybrid_ndcg@10")
+        size = r.get("faiss_bytes")
+        print(f"{r['dataset']:<9} {r['configuration']:<20} {score:>7.4f} {'' if fused is None else f'{fused:.4f}':>7} "
+              f"{'' if size is None else f'{size / 1e6:.2f}':>9} {r.get('search_ms_p50', ''):>9}")
+        for command in r["commands"]:
+            print(f"    $ {command}")
+    print("(STSb: Spearman of the test pairs; StackFAQ and SciFact: nDCG@10; +BM25: hybrid, RRF k = 60)")
+    for s in speed:
+        print(f"flat search, {s['passages']:,} random passages, {s['dimension']}-d: {s['search_ms_p50']} ms p50")
+    print(json.dumps({"benchmark": "whitening", **cpu_info(), "results": rows, "flat_speed": speed}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
