@@ -45,7 +45,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "passage_overlap": (_whole(0), "a whole number >= 0"),
     "layer": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
     "pooling": (_one_of(options.POOLINGS), f"one of {', '.join(options.POOLINGS)}"),
-    "index_type": (_one_of(options.INDEX_TYPES), f"one of {', '.join(options.INDEX_TYPES)}"),
+    "index_type": (lambda v: isinstance(v, str) and (v == options.AUTO_INDEX_TYPE or v in options.VECTOR_BACKENDS),
+                   "a registered index type"),  # read at check time: a backend may be registered later
     "model": (_text, "a model name or folder"),
     "complete": (_boolean, "true or false"),
     "hybrid": (_boolean, "true or false"),

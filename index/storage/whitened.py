@@ -203,7 +203,9 @@ def refit_in_commit(store: MetadataStore, encoder: Callable[[], Any], folder) ->
     record it, and return the vector index of every stored vector under it (for ``commit.replace``)."""
     n = store.counts()[1]
     info = fit_in_store(store, encoder, n)
-    log.info("whitening: %s", (info.get(FIT) or {}).get("reason", ""))
+    fit = info.get(FIT) or {}
+    # A fit is news on the command line; a decision to keep the raw vectors is in `index info`.
+    (log.info if fit.get("whiten") else log.debug)("whitening: %s", fit.get("reason", ""))
     return registry.build(info.get("index_type", options.DEFAULT_INDEX_TYPE), index_dimension(info), n,
                           faiss_vectors(store, info), workdir=folder)
 
