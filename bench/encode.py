@@ -98,9 +98,10 @@ def device_name(device: str) -> str:
     return platform.processor() or "cpu"
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """The fp32 matrix-multiply rate of this CPU at ``threads`` threads (the bound for long texts)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """The matrix-multiply rate (fp32 unless ``dtype``) of this CPU at ``threads`` threads (the
+    bound for long texts)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     start = time.perf_counter()

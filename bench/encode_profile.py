@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from encode import load_abstracts, matmul_gflops  # noqa: E402  (the same loader and peak as bench/encode.py)
 from hostinfo import cpu_info, cpu_line  # noqa: E402
 
 from index.model.encoder import Encoder  # noqa: E402
@@ -48,32 +49,11 @@ GROUPS = (  # first match wins: (group, substrings of the operator name)
 )
 
 
-def load_abstracts(path: Path, limit: int) -> list[str]:
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if len(texts) >= limit:
-                break
-            doc = json.loads(line)
-            texts.append(f"{doc['title']} {doc['text']}" if doc.get("title") else doc["text"])
-    return texts
-
-
 def group_of(name: str) -> str:
     for group, keys in GROUPS:
         if any(k in name for k in keys):
             return group
     return "other"
-
-
-def bf16_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def padding_share(encoder: Encoder, texts: list[str]) -> tuple[int, int]:
@@ -127,7 +107,7 @@ def main() -> int:
     d, layers = encoder.dimension, encoder.layer_index
     flop = sum(layers * (2 * t * 12 * d * d + 4 * t * t * d)
                for t in (min(len(i), encoder.window) + encoder.n_special for i in encoder.tokenizer.ids(texts)))
-    peak = bf16_matmul_gflops()
+    peak = matmul_gflops(torch.get_num_threads(), dtype=torch.bfloat16)
     useful = flop / total_s / 1e9
 
     info = {**cpu_info(), "torch": torch.__version__, "threads": torch.get_num_threads(), "docs": len(texts),
