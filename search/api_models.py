@@ -64,6 +64,10 @@ class SearchBody(BaseModel):
                           '({"year": {"$gte": 2021}}, numbers or ISO dates), $and $or $not, and '
                           '{"$contains": "E1234"} on the document text.',
         examples=[{"lang": {"$in": ["en", "ko"]}, "year": {"$gte": 2021}, "$not": {"archived": True}}])
+    wheres: list[dict[str, Any] | None] | None = Field(
+        None, description="One filter per query, in the same positions as queries (null: none of its own), "
+                          "each ANDed with where.", max_length=10_000,
+        examples=[[{"lang": "en"}, None]])
     full_text: bool = Field(False, description="Send each hit's whole document text, not a snippet "
                                                "(bounded by the server's response size limit).")
 
@@ -74,6 +78,9 @@ class SearchResults(BaseModel):
 
 class FAQQuestion(BaseModel):
     question: str = Field(description="The customer's question.", min_length=1)
+    where: dict[str, Any] | None = Field(
+        None, description='Only FAQ entries whose metadata match this filter (the language of /search\'s where), '
+                          'e.g. {"product": "billing"}.')
 
 
 class FAQMatchModel(BaseModel):

@@ -5,7 +5,8 @@
 ``BodyLimit`` (a request body over the size limit is a 413, one that does not arrive in
 time a 408), ``until_disconnected`` (work dropped when its client goes away) and
 ``parse_where`` (the ``where=`` filters of a query string, ``index.storage.filter_syntax``) and
-``check_filter`` (a body's JSON filter): a bad filter is 422 naming its position.
+``check_filter`` (a body's JSON filter): a bad filter is 422 naming its position;
+``query_filters``: each query's filter of a POST /search body (``where`` and ``wheres``).
 """
 
 from __future__ import annotations
@@ -98,6 +99,22 @@ def check_filter(where: Any, label: str = "where") -> None:
         parse_filter(where, label)
     except FilterError as exc:
         raise ServiceError(422, str(exc)) from None
+
+
+def query_filters(where: Any, wheres: list[Any] | None, n: int) -> list[dict[str, Any] | None]:
+    """Each query's filter in a POST /search body: ``where`` (every query's) ANDed with its own
+    ``wheres[i]`` (None: none of its own); 422 naming the position of a bad one."""
+    check_filter(where)
+    if wheres is None:
+        return [where] * n
+    if len(wheres) != n:
+        raise ServiceError(422, f"wheres: {len(wheres)} filters for {n} queries (give one per query, null for none)")
+    out = []
+    for i, own in enumerate(wheres):
+        check_filter(own, f"wheres[{i}]")
+        parts = [f for f in (where, own) if f]
+        out.append(None if not parts else parts[0] if len(parts) == 1 else {"$and": parts})
+    return out
 
 
 class BodyLimit:

@@ -3,7 +3,9 @@
 The choice is made here, per query, from the number of passages the filter
 allows (``Snapshot.allowed_ids``, computed through the filter indexes):
 
-- on a flat index, up to ``IN_MEMORY_SHARE`` of it: the allowed passages are
+- up to ``VectorIndex.exact_limit`` passages (the point where gathering them
+  costs what the index's own search would: a quarter of a flat index; on IVF
+  about 1/25 of the vectors its probed lists hold): the allowed passages are
   scored exactly from the vectors in memory (``VectorIndex.score_ids``: a
   gather and one matrix product, no scan of the other vectors);
 - else at most ``EXACT_MAX`` passages: their stored vectors are scored exactly
@@ -27,7 +29,6 @@ import numpy as np
 from index.records import Passage
 
 EXACT_MAX = 512  # allowed passages scored exactly instead of an ANN search
-IN_MEMORY_SHARE = 0.25  # allowed share of a flat index scored from memory instead of searched
 EXACT_FALLBACK_MAX = 50_000  # allowed passages an approximate index may hand over to exact scoring
 
 
@@ -37,12 +38,12 @@ def best_passages(snap: Any, vector: np.ndarray, k: int, allowed: np.ndarray | N
     pool = snap.vectors.ntotal if allowed is None else len(allowed)
     if pool == 0:
         return []
-    if allowed is not None and pool <= max(EXACT_MAX, IN_MEMORY_SHARE * snap.vectors.ntotal):
-        scored = snap.vectors.score_ids(snap.whiten(vector), allowed)  # flat: the vectors in memory, no scan
+    if allowed is not None and pool <= snap.vectors.exact_limit(snap.settings(settings)):
+        scored = snap.vectors.score_ids(snap.whiten(vector), allowed)  # the vectors in memory, no scan
         if scored is not None:
             return exact_scored(snap, *scored, k)
-        if pool <= EXACT_MAX:
-            return exact(snap, vector, k, allowed)
+    if allowed is not None and pool <= EXACT_MAX:
+        return exact(snap, vector, k, allowed)
     fetch = min(pool, snap.candidates(k))
     while True:
         found = snap.search(vector, fetch, allowed, settings)

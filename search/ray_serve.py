@@ -18,6 +18,7 @@ FastAPI must read its annotations as objects, not as names to look up.)
 """
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from index.errors import SemsearchError
 
 from . import api_models as m
 from . import limits as bounds
-from .http import ServiceError, check_filter, install_error_handlers, parse_where
+from .http import ServiceError, install_error_handlers, parse_where, query_filters
 from .limits import Limits
 from .service import MAX_K
 from .sharded import check_queries, merge_hits
@@ -152,7 +153,7 @@ def application(settings: RayServeSettings):
         async def search_post(self, body: m.SearchBody):
             """Many queries at once; a bad query gets its own error entry, the others their hits, in input order."""
             bounds.check_queries(body.queries, body.k, limits)
-            check_filter(body.where)
+            wheres = query_filters(body.where, body.wheres, len(body.queries))
             results: list[dict] = []
             valid = []
             for i, q in enumerate(body.queries):
@@ -162,9 +163,12 @@ def application(settings: RayServeSettings):
                     results.append({})
                 except SemsearchError as exc:
                     results.append({"query": q, "error": str(exc)})
-            if valid:
-                found = await self.search([body.queries[i] for i in valid], body.k, body.where)
-                for i, hits in zip(valid, found):
+            groups: dict[str, list[int]] = {}  # queries of the same filter searched together
+            for i in valid:
+                groups.setdefault(json.dumps(wheres[i], sort_keys=True), []).append(i)
+            for group in groups.values():
+                found = await self.search([body.queries[i] for i in group], body.k, wheres[group[0]])
+                for i, hits in zip(group, found):
                     results[i] = bounds.trim_hits({"query": body.queries[i], "hits": [h.as_dict() for h in hits]},
                                                   limits.hit_text_chars, body.full_text)
             return JSONResponse({"results": results})

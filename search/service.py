@@ -43,7 +43,7 @@ from . import documents_api
 from . import limits as bounds
 from .batching import MicroBatcher, QueueFull
 from .faq import FAQ
-from .http import (BodyLimit, ServiceError, check_filter, install_error_handlers, parse_where,
+from .http import (BodyLimit, ServiceError, check_filter, install_error_handlers, parse_where, query_filters,
                    until_disconnected)
 from .limits import Limits, TooMuch
 from .metrics import Metrics
@@ -98,7 +98,8 @@ def make_runner(index_path: Path):
     def run(items: list[Work]) -> list[Any]:
         results: list[Any] = [None] * len(items)
         wanted = [(i, w) for i, w in enumerate(items) if w.kind in ("search", "faq")]
-        requests = [w.request if w.kind == "search" else SearchRequest(w.request, faq.depth, hybrid=False) for _, w in wanted]
+        requests = [w.request if w.kind == "search" else SearchRequest(w.request[0], faq.depth, w.request[1], hybrid=False)
+                    for _, w in wanted]  # a FAQ question comes as (question, filter)
         for (i, w), outcome in zip(wanted, searcher.search_batch(requests)):
             if w.kind == "search" or outcome.error is not None:
                 results[i] = outcome
@@ -239,11 +240,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def search_post(body: m.SearchBody, request: Request):
         """Many queries at once; a bad query gets its own error entry, the others their hits, in input order."""
         bounds.check_queries(body.queries, body.k, limits)
-        check_filter(body.where)
+        wheres = query_filters(body.where, body.wheres, len(body.queries))
         batcher = ready()
         make_room(batcher, len(body.queries))
         outcomes = await until_disconnected(request, asyncio.gather(
-            *(submit(batcher, Work("search", SearchRequest(q, body.k, body.where))) for q in body.queries)))
+            *(submit(batcher, Work("search", SearchRequest(q, body.k, w))) for q, w in zip(body.queries, wheres))))
         note(queries=len(body.queries), query_chars=sum(map(len, body.queries)),
              hits=sum(len(o.hits or []) for o in outcomes), queries_text=body.queries)
         return bounded_json({"results": [bounds.trim_hits(o.as_dict(), limits.hit_text_chars, body.full_text)
@@ -253,7 +254,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def faq_answer(body: m.FAQQuestion):
         """The FAQ entry that answers the question, or not confident with the closest entries."""
         bounds.check_chars(body.question, limits.max_query_chars, "the question", "--max-query-chars")
-        reply = await submit(ready(), Work("faq", body.question))
+        check_filter(body.where)
+        reply = await submit(ready(), Work("faq", (body.question, body.where)))
         note(query_chars=len(body.question), query=body.question)
         if getattr(reply, "error", None):
             raise ServiceError(400, reply.error)

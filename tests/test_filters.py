@@ -221,6 +221,17 @@ def test_http_takes_the_language_in_the_body_and_the_query_string(built):
             got = httpx.get(f"{url}/search", params={"q": "error", "k": 100, "where": json.dumps(where)},
                             timeout=60).json()["hits"]
             assert {h["id"] for h in got} == expected(where), where
+        # one filter per query (wheres), each ANDed with the common where
+        own = [{"year": {"$gte": 2021}}, None, {"$contains": "E1234"}]
+        body = {"queries": ["error", "error", "error"], "k": 100, "where": {"lang": {"$ne": "en"}}, "wheres": own}
+        got = httpx.post(f"{url}/search", json=body, timeout=60).json()["results"]
+        for w, result in zip(own, got):
+            want = expected({"$and": [{"lang": {"$ne": "en"}}, w]} if w else {"lang": {"$ne": "en"}})
+            assert {h["id"] for h in result["hits"]} == want, w
+        for wheres, message in (([None], "wheres: 1 filters for 3 queries"),
+                                ([None, {"year": {"$gte": "soon"}}, None], "wheres[1].year.$gte")):
+            bad = httpx.post(f"{url}/search", json={**body, "wheres": wheres}, timeout=60)
+            assert bad.status_code == 422 and message in bad.json()["error"], bad.text
         short = [("where", "year>=2021"), ("where", "lang in en,ko")]
         got = httpx.get(f"{url}/search", params=[("q", "error"), ("k", "100"), *short], timeout=60).json()["hits"]
         assert {h["id"] for h in got} == expected({"year": {"$gte": 2021}, "lang": {"$in": ["en", "ko"]}})
@@ -514,3 +525,51 @@ def test_a_flat_index_scores_ids_from_memory_exactly():
     held, scores = index.score_ids(query, asked)
     assert held.tolist() == [ids[150], ids[250], ids[0]]
     assert np.allclose(scores, vectors[[150, 250, 0]] @ query, atol=1e-5)
+
+
+def test_an_ivf_index_scores_ids_exactly_and_still_removes_and_saves_plainly(tmp_path):
+    from index.ann.ivf import IVFIndex
+
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((400, 8)).astype(np.float32)
+    ids = rng.permutation(np.arange(5000, 5400))
+    index = IVFIndex.build(8, 300, lambda: iter([(ids[:300], vectors[:300])]))
+    plain = index.save(tmp_path / "plain.faiss").read_bytes()
+    query = rng.standard_normal(8).astype(np.float32)
+    asked = np.array([ids[7], 1, ids[299], ids[350], ids[0]])  # one unknown, one not added yet
+    held, scores = index.score_ids(query, asked)
+    assert held.tolist() == [ids[7], ids[299], ids[0]]
+    assert np.allclose(scores, vectors[[7, 299, 0]] @ query, atol=1e-5)
+    # the direct map the gather made is dropped before a save (same bytes) and before writes
+    assert index.save(tmp_path / "again.faiss").read_bytes() == plain
+    index.score_ids(query, asked)
+    assert index.remove([ids[7]]) == 1  # FAISS refuses a batch removal while a hash map is kept
+    index.add(ids[300:], vectors[300:])
+    held, scores = index.score_ids(query, asked)
+    assert held.tolist() == [ids[299], ids[350], ids[0]]
+    assert np.allclose(scores, vectors[[299, 350, 0]] @ query, atol=1e-5)
+
+
+def test_the_planner_gathers_on_ivf_where_a_search_would_scan_more(tiny_model, tmp_path, monkeypatch):
+    from index.ann import ivf
+
+    docs = [{"id": f"d{i}", "text": f"passage {i} about {['boats', 'errors', 'banks'][i % 3]}",
+             "metadata": {"cat": f"c{i % 10}"}} for i in range(700)]
+    flat, _ = Index.build(tmp_path / "flat", docs, model=tiny_model, index_type="flat")
+    index, _ = Index.build(tmp_path / "ivf", docs, model=tiny_model, index_type="ivf")
+    where = {"cat": "c3"}  # 70 documents
+    with index.snapshot() as snap:
+        assert snap.vectors.kind == "ivf"
+        monkeypatch.setattr(ivf, "GATHER_COST", 1)  # gathering allowed up to what the probed lists hold
+        assert 70 <= snap.vectors.exact_limit(snap.settings(None))
+    calls, score_ids = [], ivf.IVFIndex.score_ids
+
+    def recorded(self, query, allowed):
+        calls.append(len(allowed))
+        return score_ids(self, query, allowed)
+
+    monkeypatch.setattr(ivf.IVFIndex, "score_ids", recorded)
+    hits = Searcher(index).search("errors", k=10, where=where)
+    assert calls == [70]
+    assert [(h.id, round(h.score, 5)) for h in hits] == [
+        (h.id, round(h.score, 5)) for h in Searcher(flat).search("errors", k=10, where=where)]

@@ -128,6 +128,11 @@ def test_faq_answer_and_not_sure(server):
     assert unsure["confident"] is False and unsure["match"] is None and len(unsure["runners_up"]) == 3
     assert unsure["calibrated"] is True and unsure["threshold"] == 0.9999
     assert set(sure) == {"question", "confident", "match", "runners_up", "calibrated", "threshold", "margin"}
+    only = {"faq_id": {"$ne": "pw"}}  # a filter: the entry that would answer is left out
+    other = httpx.post(f"{url}/faq/answer", json={"question": "how do i reset my password", "where": only}).json()
+    assert other["confident"] is False and other["runners_up"] and all(m["id"] != "pw" for m in other["runners_up"])
+    bad = httpx.post(f"{url}/faq/answer", json={"question": "x", "where": {"faq_id": {"$bad": 1}}})
+    assert bad.status_code == 422 and "where.faq_id.$bad" in bad.json()["error"]
 
 
 def test_embed_gives_the_index_encoders_vectors(server):

@@ -153,6 +153,11 @@ class VectorIndex(ABC):
         reads the stored vectors)."""
         return None
 
+    def exact_limit(self, settings: SearchSettings) -> int:
+        """The most allowed ids that ``score_ids`` scores faster than a search of this index with
+        them as its id selector (0: it cannot)."""
+        return 0
+
     def candidates(self, k: int) -> int:
         """How many passages to fetch to find ``k`` documents (more where scores are approximate)."""
         return max(2 * k, k + 20)

@@ -14,6 +14,8 @@ import numpy as np
 from .base import Batches, VectorIndex, id_map_ids
 
 GATHER_ROWS = 16_384  # vectors copied at a time when scoring ids from memory
+IN_MEMORY_SHARE = 0.25  # allowed share of the index scored from memory instead of searched
+GATHER_ALWAYS = 512  # allowed passages scored from memory whatever the share (cheaper than any other way)
 
 
 class FlatIndex(VectorIndex):
@@ -42,6 +44,9 @@ class FlatIndex(VectorIndex):
     def remove(self, ids) -> int:
         self._positions = None
         return super().remove(ids)
+
+    def exact_limit(self, settings):
+        return max(GATHER_ALWAYS, int(IN_MEMORY_SHARE * self.ntotal))  # a gather costs about 4x a scanned vector
 
     def score_ids(self, query, ids):
         held_ids, order = self._id_positions()

@@ -39,6 +39,12 @@ class IVFPQIndex(IVFIndex):
     def candidates(self, k: int) -> int:
         return max(super().candidates(k), 10 * k, 100)
 
+    def exact_limit(self, settings: SearchSettings) -> int:
+        return 0  # its codes are approximations: the planner scores the stored vectors instead
+
+    def score_ids(self, query, ids):
+        return None
+
     def tuning_ladder(self) -> list[SearchSettings]:
         """Each nprobe with the default re-ranking depth, then deeper (PQ scores may put a true
         neighbour below the first candidates)."""
