@@ -111,7 +111,7 @@ def search_options(f):
 
 def hybrid_option(f):
     return click.option("--hybrid/--no-hybrid", "hybrid", default=None,
-                        help="Fuse a BM25 ranking with the vector ranking by reciprocal rank (default: as the "
+                        help="Fuse a BM25 ranking with the vector ranking by their z-scores (default: as the "
                              "index records, off unless built with --hybrid; an index without a BM25 index gets "
                              "one built in memory). Needs bm25s.")(f)
 

@@ -9,7 +9,7 @@ half (target precision 0.95), and the test half measures what the bot then
 does: the share of in-domain questions it answers, the precision of its
 answers (a wrong entry, or any answer to an off-topic question, is a
 mistake) and the share of off-topic questions it answers. The uncalibrated
-default threshold (0.70) is shown for comparison. Prints the CPU, a table
+default threshold (0.70, or 0.40 where the index whitens) is shown for comparison. Prints the CPU, a table
 and one JSON line.
 
     python bench/faq.py
@@ -35,7 +35,7 @@ from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as
 from index import Index  # noqa: E402
 from search.beir import load_qrels, load_queries  # noqa: E402
 from search.calibration import Observation, rates  # noqa: E402
-from search.faq import DEFAULT_THRESHOLD, FAQ, faq_documents, read_faq  # noqa: E402
+from search.faq import FAQ, default_threshold, faq_documents, read_faq  # noqa: E402
 from search.faq_tuning import LabelledQuestion, calibrate_index, observe_faq  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -96,8 +96,8 @@ def main() -> int:
                 Index.open(path).rebuild(layer=layer)
             faq = FAQ(path)
             if layer == -2:
-                rows.append({"layer": layer, "setting": f"default {DEFAULT_THRESHOLD}",
-                             **measure(faq, test, DEFAULT_THRESHOLD, 0.0)})
+                default = default_threshold(Index.open(path).config)
+                rows.append({"layer": layer, "setting": f"default {default}", **measure(faq, test, default, 0.0)})
             report = calibrate_index(path, calibration, args.target)
             chosen = report.calibration or None
             setting = report.top if chosen is None else chosen

@@ -1,11 +1,11 @@
-"""Hybrid retrieval, measured: nDCG@10 of the vectors, BM25 alone and their reciprocal-rank fusion.
+"""Hybrid retrieval, measured: nDCG@10 of the vectors, BM25 alone and their fusion.
 
 For each BEIR dataset (SciFact and StackFAQ in ../shared/data) an index is
 built once with ``hybrid=True`` (the embedded model, ``--layer``, -1 by
 default; the BM25 index is saved with it), and its queries are run three
 ways through the library: ``Searcher.search_many(..., hybrid=False)`` (the
-vectors), ``Searcher.search_bm25`` (BM25 alone) and ``hybrid=True`` (RRF,
-k = 60). ``semsearch eval --hybrid`` / ``--no-hybrid`` give the same dense
+vectors), ``Searcher.search_bm25`` (BM25 alone) and ``hybrid=True`` (the
+z-score fusion of ``search/hybrid.py``). ``semsearch eval --hybrid`` / ``--no-hybrid`` give the same dense
 and hybrid figures. Also reported: the time to build and save the BM25
 index from the stored passages (what every write to a hybrid index pays
 again) and its size on disk. Prints the CPU, a table and one JSON line.

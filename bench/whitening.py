@@ -5,8 +5,9 @@ The embedded model, layer −2 mean (the default). For SciFact and StackFAQ
 index), evaluated, then refitted in place with ``index rebuild --whitening
 ...`` (the stored vectors are re-used: nothing is encoded again) and
 evaluated again; each configuration also fused with BM25 (``--hybrid``).
-STSb: the Spearman correlation of the test pairs' cosines with the gold
-scores, the transform fitted by indexing the dev sentences (no labels).
+STSb and KorSTS: the Spearman correlation of the test pairs' cosines with
+the gold scores, the transform fitted by indexing the dev sentences (no
+labels).
 Also: the size of the FAISS file and the time of one query's vector search
 (median over the queries, query vectors given) per configuration, and flat
 search over 100,000 random passages at 384 and 128 dimensions. Each row
@@ -122,15 +123,22 @@ def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> l
     return rows
 
 
-def sts(data: Path, work: Path, quick: bool) -> list[dict]:
-    def pairs(split: str):
-        with open(data / "stsb_en" / f"stsb-en-{split}.csv", newline="", encoding="utf-8") as f:
-            return [(r[0], r[1], float(r[2])) for r in csv.reader(f)]
-    test, dev = pairs("test"), pairs("dev")
+def sts_pairs(data: Path, name: str, split: str) -> list[tuple[str, str, float]]:
+    """STSb (``stsb_en/stsb-en-<split>.csv``) or KorSTS (``korsts/sts-<split>.tsv``) pairs with gold scores."""
+    if name == "korsts":
+        with open(data / "korsts" / f"sts-{split}.tsv", newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
+        return [(r[5], r[6], float(r[4])) for r in rows if len(r) >= 7]
+    with open(data / "stsb_en" / f"stsb-en-{split}.csv", newline="", encoding="utf-8") as f:
+        return [(r[0], r[1], float(r[2])) for r in csv.reader(f)]
+
+
+def sts(data: Path, work: Path, quick: bool, name: str = "stsb") -> list[dict]:
+    test, dev = sts_pairs(data, name, "test"), sts_pairs(data, name, "dev")
     if quick:
         test, dev = test[:200], dev[:300]
     sentences = list(dict.fromkeys([s for a, b, _ in dev for s in (a, b)]))
-    path = work / ("stsb-dev-quick" if quick else "stsb-dev")
+    path = work / (f"{name}-dev-quick" if quick else f"{name}-dev")
     if not is_index(path):
         Index.build(path, [{"id": str(i), "text": s} for i, s in enumerate(sentences)], whitening="off")
     rows = []
@@ -141,9 +149,9 @@ def sts(data: Path, work: Path, quick: bool) -> list[dict]:
         with index.snapshot() as snap:
             a = snap.whiten(index.encoder.encode([t[0] for t in test], warn=False))
             b = snap.whiten(index.encoder.encode([t[1] for t in test], warn=False))
-        rows.append({"dataset": "stsb", "configuration": label, "pairs": len(test),
+        rows.append({"dataset": name, "configuration": label, "pairs": len(test),
                      "spearman": round(spearman((a * b).sum(axis=1), [t[2] for t in test]), 4),
-                     "commands": [f"semsearch index build <the {len(sentences)} STSb dev sentences> --index {path} "
+                     "commands": [f"semsearch index build <the {len(sentences)} {name} dev sentences> --index {path} "
                                   "--whitening off", rebuild_command(str(path), mode, dims),
                                   "python bench/whitening.py --work " + str(work)]})
     return rows
@@ -171,7 +179,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=None, help="Where the indexes go (kept and reused)")
-    parser.add_argument("--datasets", nargs="+", default=["stsb", "stackfaq", "scifact"])
+    parser.add_argument("--datasets", nargs="+", default=["stsb", "korsts", "stackfaq", "scifact"],
+                        help="stsb, korsts (Spearman; fitted on the dev sentences), stackfaq, scifact (nDCG@10)")
     parser.add_argument("--quick", action="store_true",
                         help="STSb (200 test pairs, fitted on 300 dev pairs) and 200 StackFAQ queries, no BM25")
     args = parser.parse_args()
@@ -192,7 +201,7 @@ def main() -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.datasets:
-            rows += (sts(args.data, work, args.quick) if name == "stsb"
+            rows += (sts(args.data, work, args.quick, name) if name in ("stsb", "korsts")
                      else retrieval(name, args.data, work, hybrid, args.quick))
     speed = flat_speed(10_000 if args.quick else 100_000, args.quick)
     print(f"\n{'dataset':<9} {'configuration':<20} {'score':>7} {'+BM25':>7} {'FAISS MB':>9} {'search ms':>9}")
@@ -204,7 +213,7 @@ def main() -> int:
               f"{'' if size is None else f'{size / 1e6:.2f}':>9} {r.get('search_ms_p50', ''):>9}")
         for command in r["commands"]:
             print(f"    $ {command}")
-    print("(STSb: Spearman of the test pairs; StackFAQ and SciFact: nDCG@10; +BM25: hybrid, RRF k = 60)")
+    print("(STSb, KorSTS: Spearman of the test pairs; StackFAQ and SciFact: nDCG@10; +BM25: hybrid, z-score fusion)")
     for s in speed:
         print(f"flat search, {s['passages']:,} random passages, {s['dimension']}-d: {s['search_ms_p50']} ms p50")
     print(json.dumps({"benchmark": "whitening", **cpu_info(), "results": rows, "flat_speed": speed}))

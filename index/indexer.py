@@ -174,8 +174,7 @@ class Index(Operations):
         Replacing an existing index (``force=True``) builds the new one aside
         and swaps it in only when it is complete, so a failed build loses
         nothing. A build that was interrupted (``complete`` is false) is
-        resumed: stored unchanged documents are not encoded again. ``engine``
-        encodes the documents (default: in this process; see ``index.ingest.engines``).
+        resumed: stored unchanged documents are not encoded again. ``engine`` encodes them (``index.ingest.engines``).
         Replacing holds the old index's write lock from start to swap (waiting for a writer
         with ``wait``, else failing at once), so no write is acknowledged into the folder
         that is about to be deleted; writers that waited then see ``IndexReplacedError``.
@@ -187,7 +186,7 @@ class Index(Operations):
                 raise IndexExistsError(f"an index already exists at {path}; pass --force to replace it")
             with existing.session(engine) as writer:
                 result = writer.add(documents, progress, on_commit)
-                writer.mark_complete()
+                writer.finish_build()
             return existing, result
         if folder.is_index(path):
             with WriteLock(path, wait=wait), folder.staging(path, "building") as staging:
@@ -195,13 +194,14 @@ class Index(Operations):
                 folder.mark(staging)
                 with new.session(engine) as writer:
                     result = writer.add(documents, progress, on_commit)
+                    writer.finish_build()
                 new.close()
                 folder.replace_index(staging, path)
             return cls.open(path, batch_size=config.get("batch_size", options.DEFAULT_BATCH_SIZE)), result
         new = cls.create(path, complete=False, **config)
         with new.session(engine) as writer:
             result = writer.add(documents, progress, on_commit)
-            writer.mark_complete()
+            writer.finish_build()
         return new, result
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12)  # top-1 minus top-2 score, tried with every threshold
 SETTING = "faq_calibration"  # where an index records its calibration
+TOLERANCE = 1e-12  # a top-1/top-2 gap this close under a margin meets it (float rounding of the subtraction)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Calibration:
 
 
 def answers(observation: Observation, threshold: float, margin: float) -> bool:
-    return observation.top >= threshold and observation.top - observation.second >= margin
+    return observation.top >= threshold and observation.top - observation.second >= margin - TOLERANCE
 
 
 def rates(observations: Sequence[Observation], threshold: float, margin: float) -> Rates:
@@ -116,7 +117,7 @@ def candidates(observations: Sequence[Observation]) -> list[Rates]:
     last = np.r_[np.nonzero(np.diff(top))[0], len(top) - 1]
     out = []
     for margin in MARGINS:
-        ok = gap >= margin - 1e-12
+        ok = gap >= margin - TOLERANCE
         given = np.cumsum(ok)[last]
         right = np.cumsum(ok & (kind == 1))[last]
         answered_in = np.cumsum(ok & (kind >= 0))[last]

@@ -1,18 +1,27 @@
-"""Hybrid retrieval: the BM25 and vector rankings of documents fused by reciprocal rank (RRF).
+"""Hybrid retrieval: the BM25 and vector rankings of documents fused by their z-scores.
 
 Owns the fusion and the document ranking of BM25's passages. Both rankings
-are of documents: a document's rank is its best passage's. The fused score of
-a document is ``sum(1 / (RRF_K + rank))`` over the rankings it appears in
-(rank from 1; a ranking that does not hold it adds nothing), with
-``RRF_K = 60`` as in Cormack, Clarke and Büttcher (SIGIR 2009). Each ranking
-contributes its best ``max(k, DEPTH)`` documents. A fused hit names the passage
-of the ranking where its document ranked better (the vector one on a tie).
-``Searcher.search(..., hybrid=True)`` uses it; the BM25 index itself is
-``index.lexical.bm25``.
+are of documents, a document at its best passage's score; each contributes
+its best ``max(k, DEPTH)`` documents. Each ranking's scores are standardised
+over the documents it returned (z-scores: minus their mean, over their
+standard deviation), so that cosines and BM25 scores are on one scale, and a
+document's fused score is the mean of its two z-scores, a document missing
+from one ranking taking that ranking's lowest (0 for BM25 where it matched
+fewer documents than asked: the others share no term with the query) (CombSUM with z-score
+normalisation, Montague and Aslam, CIKM 2001; a convex combination with
+equal weights, as Bruch, Gai and Ingber, TOIS 2023, found better than
+reciprocal rank fusion). Measured (``bench/hybrid.py``, nDCG@10, the embedded
+model), it beat reciprocal rank fusion (k = 60, what semsearch used before)
+on every set and layer tried: SciFact 0.627 -> 0.666 and StackFAQ 0.900 ->
+0.914 at whitened layer -2, 0.718 -> 0.727 and 0.915 -> 0.935 at layer -1.
+A fused hit names the passage of the ranking where its document ranked
+better (the vector one on a tie). ``Searcher.search(..., hybrid=True)`` uses
+it; the BM25 index itself is ``index.lexical.bm25``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -24,7 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from index.lexical.bm25 import LexicalIndex
     from index.storage.snapshot import Snapshot
 
-RRF_K = 60  # the constant of reciprocal rank fusion: larger values flatten the weight of the top ranks
 DEPTH = 100  # documents each ranking contributes to the fusion (at least k)
 
 
@@ -39,8 +47,8 @@ class Ranked:
 
 @dataclass
 class Fused:
-    """A document of the fused ranking: its RRF score, the passage shown, and its rank (from 1) in
-    each ranking, None where that ranking did not hold it."""
+    """A document of the fused ranking: its fused score (the mean of its z-scores), the passage
+    shown, and its rank (from 1) in each ranking, None where that ranking did not hold it."""
 
     id: str
     score: float
@@ -49,25 +57,40 @@ class Fused:
     lexical_rank: int | None = None
 
 
-def rrf_score(ranks: Sequence[int | None], rrf_k: int = RRF_K) -> float:
-    """``sum(1 / (rrf_k + rank))`` over the ranks that are not None."""
-    return sum(1.0 / (rrf_k + r) for r in ranks if r is not None)
+def z_scores(scores: Sequence[float]) -> list[float]:
+    """``scores`` standardised (minus their mean, over their standard deviation); all 0 when they
+    are all equal."""
+    if not scores:
+        return []
+    mean = sum(scores) / len(scores)
+    spread = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+    return [0.0] * len(scores) if spread == 0 else [(s - mean) / spread for s in scores]
 
 
-def fuse(dense: Sequence[Ranked], lexical: Sequence[Ranked], k: int, rrf_k: int = RRF_K) -> list[Fused]:
-    """The ``k`` best documents of two rankings (best first) by reciprocal rank fusion. Ties go to
-    the better single rank, then to the document id."""
+def fuse(dense: Sequence[Ranked], lexical: Sequence[Ranked], k: int, *, lexical_complete: bool = False
+         ) -> list[Fused]:
+    """The ``k`` best documents of two rankings (best first) by the mean of their z-scores in each
+    (a ranking that does not hold a document gives it its lowest). ``lexical_complete``: the
+    lexical ranking holds every document that shares a term with the query (BM25 ran out before
+    the depth asked), so a document missing from it scores 0 there, and that 0 is standardised
+    with the others. Ties go to the better single rank, then to the document id."""
     entries: dict[str, Fused] = {}
-    for rank, r in enumerate(dense, start=1):
-        entries.setdefault(r.id, Fused(r.id, 0.0, r.passage, dense_rank=rank))
-    for rank, r in enumerate(lexical, start=1):
+    normalised: dict[str, list[float | None]] = {}
+    dense_z = z_scores([r.score for r in dense])
+    lexical_z = z_scores([r.score for r in lexical] + ([0.0] if lexical_complete else []))
+    for rank, (r, z) in enumerate(zip(dense, dense_z), start=1):
+        if r.id not in entries:
+            entries[r.id], normalised[r.id] = Fused(r.id, 0.0, r.passage, dense_rank=rank), [z, None]
+    for rank, (r, z) in enumerate(zip(lexical, lexical_z), start=1):
         entry = entries.setdefault(r.id, Fused(r.id, 0.0, r.passage))
+        pair = normalised.setdefault(r.id, [None, None])
         if entry.lexical_rank is None:
-            entry.lexical_rank = rank
+            entry.lexical_rank, pair[1] = rank, z
             if entry.dense_rank is not None and rank < entry.dense_rank:
                 entry.passage = r.passage
-    for entry in entries.values():
-        entry.score = rrf_score((entry.dense_rank, entry.lexical_rank), rrf_k)
+    floors = (min(dense_z, default=0.0), lexical_z[-1] if lexical_complete else min(lexical_z, default=0.0))
+    for doc_id, entry in entries.items():
+        entry.score = sum(z if z is not None else floor for z, floor in zip(normalised[doc_id], floors)) / 2
 
     def best_rank(e: Fused) -> int:
         return min(r for r in (e.dense_rank, e.lexical_rank) if r is not None)

@@ -8,7 +8,7 @@ is embedded by the encoder that snapshot's configuration names, so a
 long-running ``Searcher`` follows other processes' commits and rebuilds.
 With ``hybrid`` (by default when the index records it) the vector ranking is
 fused with a BM25 ranking of the same snapshot's passages (``search.hybrid``);
-a hit's score is then its reciprocal-rank-fusion score.
+a hit's score is then its fused score, the mean of its z-scores in the two rankings.
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ class Searcher:
         out = []
         for query, row in zip(queries, np.atleast_2d(vectors)):
             dense = [fusion.Ranked(d, s, p) for d, s, p in self._best_passages(snap, row, depth, allowed, pool)]
-            fused = fusion.fuse(dense, fusion.lexical_ranking(snap, lexical, query, depth, allowed), k)
+            bm25 = fusion.lexical_ranking(snap, lexical, query, depth, allowed)
+            fused = fusion.fuse(dense, bm25, k, lexical_complete=len(bm25) < depth)
             out.append(self._hits(snap, [(f.id, f.score, f.passage) for f in fused]))
         return out
 

@@ -1,4 +1,4 @@
-"""Hybrid retrieval: BM25 (bm25s) over the passages, fused with the vector ranking by reciprocal rank.
+"""Hybrid retrieval: BM25 (bm25s) over the passages, fused with the vector ranking by z-scores.
 
 On the tiny random BERT, whose vector ranking is arbitrary: what a keyword
 finds there is BM25's doing. Covers the fusion math, the BM25 index kept in
@@ -21,7 +21,7 @@ from index.lexical import bm25 as lexical_module
 from index.lexical.bm25 import LexicalIndex, bm25_folders
 from index.records import Passage
 from search import Searcher
-from search.hybrid import RRF_K, Ranked, fuse, rrf_score
+from search.hybrid import DEPTH, Ranked, fuse, z_scores
 
 DOCS = [
     {"id": "pw", "text": "How do I reset my password? Use the forgot password link.", "metadata": {"lang": "en"}},
@@ -49,33 +49,56 @@ def p(order=0):
 
 
 # --- the fusion ------------------------------------------------------------------------------
-def test_rrf_fuses_two_rankings_by_reciprocal_rank():
+def test_the_fusion_averages_each_rankings_z_scores():
     dense = [Ranked("A", 0.9, p(0)), Ranked("B", 0.8, p(0)), Ranked("C", 0.7, p(0))]
-    lexical = [Ranked("C", 12.0, p(3)), Ranked("D", 9.0, p(1)), Ranked("A", 1.0, p(2))]
+    lexical = [Ranked("C", 12.0, p(3)), Ranked("D", 9.0, p(1)), Ranked("A", 3.0, p(2))]
     fused = fuse(dense, lexical, k=10)
+    zd = dict(zip("ABC", z_scores([0.9, 0.8, 0.7])))
+    zl = dict(zip("CDA", z_scores([12.0, 9.0, 3.0])))
+    assert zd["A"] == pytest.approx(1.2247, abs=1e-4) and zl["C"] == pytest.approx(1.0690, abs=1e-4)
     scores = {f.id: f.score for f in fused}
-    assert scores["A"] == pytest.approx(1 / 61 + 1 / 63)
-    assert scores["C"] == pytest.approx(1 / 63 + 1 / 61)
-    assert scores["B"] == pytest.approx(1 / 62) and scores["D"] == pytest.approx(1 / 62)
-    # A and C tie on score and on best rank (1): by id. B and D tie likewise.
-    assert [f.id for f in fused] == ["A", "C", "B", "D"]
+    assert scores["A"] == pytest.approx((zd["A"] + zl["A"]) / 2)
+    assert scores["C"] == pytest.approx((zd["C"] + zl["C"]) / 2)
+    assert scores["B"] == pytest.approx((zd["B"] + min(zl.values())) / 2)  # missing: the ranking's lowest
+    assert scores["D"] == pytest.approx((min(zd.values()) + zl["D"]) / 2)
+    assert [f.id for f in fused] == sorted(scores, key=lambda d: -scores[d])
     by_id = {f.id: f for f in fused}
     assert (by_id["C"].dense_rank, by_id["C"].lexical_rank) == (3, 1)
     assert by_id["C"].passage.order == 3  # shown from the ranking where it ranked better
     assert by_id["A"].passage.order == 0  # better in the vector ranking
     assert by_id["D"].dense_rank is None and by_id["D"].passage.order == 1
-    assert [f.id for f in fuse(dense, lexical, k=2)] == ["A", "C"]
+    assert [f.id for f in fuse(dense, lexical, k=2)] == [f.id for f in fused][:2]
 
 
-def test_rrf_constant_and_one_sided_rankings():
-    assert RRF_K == 60
-    assert rrf_score([1, None]) == pytest.approx(1 / 61)
-    assert rrf_score([1, 1], rrf_k=0) == pytest.approx(2.0)
-    # Being second in both rankings beats being first in one only.
-    dense = [Ranked("top-dense", 1, p()), Ranked("both", 1, p())]
-    lexical = [Ranked("top-lexical", 1, p()), Ranked("both", 1, p())]
+def test_z_scores_and_one_sided_rankings():
+    assert z_scores([]) == [] and z_scores([5.0, 5.0]) == [0.0, 0.0]
+    assert z_scores([1.0, 3.0]) == pytest.approx([-1.0, 1.0])
+    # BM25 matched fewer documents than asked: the others score 0 there, below its one match.
+    vectors = [Ranked("x", 0.9, p()), Ranked("y", 0.85, p()), Ranked("w", 0.1, p())]
+    one = fuse(vectors, [Ranked("y", 2.0, p())], k=2, lexical_complete=True)
+    assert [f.id for f in one] == ["y", "x"]
+    assert [f.id for f in fuse(vectors, [Ranked("y", 2.0, p())], k=2)] == [
+        "x", "y"]  # a lone match of a truncated ranking says nothing
+    # Being near the top of both rankings beats being first in one only.
+    dense = [Ranked("top-dense", 0.9, p()), Ranked("both", 0.85, p()), Ranked("low", 0.1, p())]
+    lexical = [Ranked("top-lexical", 9.0, p()), Ranked("both", 8.5, p()), Ranked("low-lexical", 1.0, p())]
     assert fuse(dense, lexical, k=3)[0].id == "both"
-    assert [f.id for f in fuse(dense, [], k=5)] == ["top-dense", "both"]
+    assert [f.id for f in fuse(dense, [], k=5)] == ["top-dense", "both", "low"]  # no BM25 match: the vectors' order
+    tie = [Ranked("b", 1.0, p()), Ranked("a", 1.0, p())]
+    assert [f.id for f in fuse(tie, [], k=2)] == ["b", "a"]  # equal scores: the better rank first
+
+
+def fused_by_hand(searcher, query, k):
+    """The hybrid ranking computed from the vector and BM25 rankings the searcher gives alone."""
+    depth = max(k, DEPTH)
+    dense = [Ranked(h.id, h.score, h.passage) for h in searcher.search(query, k=depth, hybrid=False)]
+    lexical = [Ranked(h.id, h.score, h.passage) for h in searcher.search_bm25([query], k=depth)[0]]
+    return [(f.id, f.score) for f in fuse(dense, lexical, k, lexical_complete=len(lexical) < depth)]
+
+
+def same_ranking(hits, expected):
+    assert [h.id for h in hits] == [i for i, _ in expected]
+    assert [h.score for h in hits] == pytest.approx([s for _, s in expected])
 
 
 # --- BM25 on an index ---------------------------------------------------------------------
@@ -86,10 +109,10 @@ def test_bm25_finds_the_document_with_the_exact_keyword(hybrid_index):
     assert all(h.score > 0 for h in bm25_hits)
     hits = searcher.search("zoo concert", k=3)  # hybrid: recorded by the index
     assert hits[0].id == "zebra"
-    assert 1 / (RRF_K + 1) < hits[0].score <= 2 / (RRF_K + 1) + 1e-12  # an RRF score, from both rankings
+    same_ranking(hits, fused_by_hand(searcher, "zoo concert", 3))
     assert "xylophone" in hits[0].passage.text
     dense = searcher.search("zoo concert", k=3, hybrid=False)
-    assert all(h.score < 1.0001 for h in dense) and dense[0].score > 2 / (RRF_K + 1)  # cosine, not RRF
+    assert all(h.score < 1.0001 for h in dense) and [h.score for h in dense] != [h.score for h in hits]
 
 
 def test_stopwords_only_query_falls_back_to_the_vector_ranking(hybrid_index):
@@ -166,8 +189,9 @@ def test_faq_answers_use_cosine_scores_even_on_a_hybrid_index(hybrid_index):
     from search import FAQ
 
     reply = FAQ(hybrid_index, threshold=0.0).answer("zoo concert")
-    scores = [m.score for m in ([reply.match] if reply.match else []) + reply.runners_up]
-    assert scores and all(score > 2 / (RRF_K + 1) for score in scores)  # cosines, not RRF scores
+    got = {m.id: m.score for m in ([reply.match] if reply.match else []) + reply.runners_up}
+    cosines = {h.id: h.score for h in Searcher(hybrid_index).search("zoo concert", k=20, hybrid=False)}
+    assert got and all(score == pytest.approx(cosines[i]) for i, score in got.items())  # cosines, not fused
 
 
 def test_a_plain_index_is_not_hybrid_until_asked(tmp_path, tiny_model):
@@ -179,7 +203,8 @@ def test_a_plain_index_is_not_hybrid_until_asked(tmp_path, tiny_model):
     assert not bm25_folders(index.path)
     index.set_setting("hybrid", True)  # recorded: the write session saves the BM25 index
     assert list(bm25_folders(index.path)) == [index.store.generation()] and index.info().hybrid
-    assert Searcher(index.path).search("xylophone", k=1)[0].score < 0.05  # hybrid by default now
+    recorded = Searcher(index.path)
+    same_ranking(recorded.search("xylophone", k=3), fused_by_hand(recorded, "xylophone", 3))  # hybrid by default now
     index.set_setting("hybrid", False)
     assert not bm25_folders(index.path)
 
@@ -207,14 +232,18 @@ def test_cli_build_query_and_eval_flags(tmp_path, tiny_model):
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)["hits"][0], result.stderr
 
+    fused = Searcher(idx).search("zoo concert", k=1, hybrid=True)[0].score
+    cosine = Searcher(idx).search("zoo concert", k=1, hybrid=False)[0].score
+    assert fused != pytest.approx(cosine, abs=1e-3)
     hit, _ = top(["--index", idx])
-    assert hit["id"] == "zebra" and hit["score"] < 2 / (RRF_K + 1) + 1e-9  # hybrid by default
+    assert hit["id"] == "zebra" and hit["score"] == pytest.approx(fused, abs=1e-4)  # hybrid by default
     hit, _ = top(["--index", idx, "--no-hybrid"])
-    assert hit["score"] > 2 / (RRF_K + 1)
+    assert hit["score"] == pytest.approx(cosine, abs=1e-4)
     hit, err = top(["--index", plain, "--hybrid"])
     assert hit["id"] == "zebra" and "building it in memory" in err and len(err.strip().splitlines()) == 1
+    assert hit["score"] == pytest.approx(fused, abs=1e-4)
     hit, _ = top(["--index", plain])
-    assert hit["score"] > 2 / (RRF_K + 1)
+    assert hit["score"] == pytest.approx(cosine, abs=1e-4)
 
     queries, qrels = tmp_path / "q.jsonl", tmp_path / "qrels.tsv"
     queries.write_text('{"_id": "q1", "text": "zoo concert"}\n')

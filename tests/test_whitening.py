@@ -160,3 +160,18 @@ def test_twenty_documents_are_not_worse_than_raw(tmp_path):
     more = [{"id": f"x{i}-{d['_id']}", "text": f"{d['text']} (copy {i})"} for i in range(5) for d in faq]  # 120 passages
     auto.add(more)
     assert auto.config[whitened.FIT]["whiten"] and auto.config[whitened.FIT]["vectors"] == 120
+
+
+def test_a_build_ends_with_a_fit_on_every_passage(tiny_model, tmp_path, monkeypatch):
+    from index import options
+
+    monkeypatch.setattr(options, "COMMIT_EVERY", 4)  # fitted at the first commit (4 passages), then 8
+    index, _ = Index.build(tmp_path / "ix", docs(10), model=tiny_model, whitening="on")
+    fit = index.config[whitened.FIT]
+    assert fit["passages"] == fit["vectors"] == 10  # the fit of the first chunks was replaced at the end
+    assert index.check().ok
+    query = index.encoder.encode([docs(10)[3]["text"]])
+    with index.snapshot() as snap:
+        scores = (snap.whiten(query) @ snap.whiten(np.stack([raw_vector(index, f"d{i}") for i in range(10)])).T)[0]
+    hits = Searcher(index).search(docs(10)[3]["text"], k=10)
+    assert [h.score for h in hits] == pytest.approx(sorted(scores.tolist(), reverse=True), abs=1e-5)

@@ -279,7 +279,7 @@ class ShardedIndex(ShardedOperations):
             refit_shared(writers)
             if complete:
                 for writer in writers:
-                    writer.mark_complete()
+                    writer.finish_build()
         return total
 
     def delete(self, ids: Iterable[str]) -> DeleteResult:

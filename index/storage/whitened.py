@@ -198,6 +198,13 @@ def fit_in_store(store: MetadataStore, encoder: Callable[[], Any], passages: int
     return store.get_info()
 
 
+def partial(info: Mapping[str, Any], passages: int) -> bool:
+    """Whether the index whitens with a fit that saw fewer passages than it stores now (a build's
+    first chunks: ``Writer.finish_build`` refits on all of them)."""
+    fitted = info.get(FIT) or {}
+    return bool(fitted.get("whiten")) and int(fitted.get("passages", 0)) < passages
+
+
 def refit_in_commit(store: MetadataStore, encoder: Callable[[], Any], folder) -> Any:
     """Inside a commit whose rows are written: fit on the stored vectors (these rows included),
     record it, and return the vector index of every stored vector under it (for ``commit.replace``)."""
