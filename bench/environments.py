@@ -3,9 +3,10 @@
 Issue 20's target: the default speed must not depend on which virtual
 environment a user happens to run. This script makes ``--envs`` fresh
 virtual environments (``python -m venv --system-site-packages``: the
-installed torch, onnxruntime and transformers are shared, nothing is
-downloaded; semsearch itself is installed into each with ``pip install
---no-deps``), each with its own empty choice cache (``SEMSEARCH_CACHE``).
+installed torch, onnxruntime, transformers and semsearch, as ``pip install
+-e .`` put it, are shared, nothing is downloaded; each runs the command with
+its own interpreter), each with its own empty choice cache
+(``SEMSEARCH_CACHE``).
 In each it runs a first ``semsearch embed`` (the first use: ``auto`` chooses
 and caches its bulk and query paths, as a new user's first command does) and
 then ``semsearch doctor --json`` (a fresh measurement of every candidate,
@@ -36,28 +37,29 @@ from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as
 
 
 def make_environment(folder: Path) -> Path:
-    """A fresh virtual environment sharing the installed packages, with semsearch installed into it;
-    returns its ``bin`` folder."""
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(folder)], check=True)
-    bin_dir = folder / "bin"
-    subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--disable-pip-version-check", "-e", str(ROOT)],
-                   check=True, stdout=subprocess.DEVNULL)
-    return bin_dir
+    """A fresh virtual environment that sees the packages installed for this interpreter (semsearch
+    included, as ``pip install -e .`` put it there); returns its ``python``."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(folder)], check=True)
+    return folder / "bin" / "python"
 
 
-def choices_in(bin_dir: Path, cache: Path, rounds: int) -> dict:
-    """The first use's cached choice and a fresh doctor measurement, in the environment ``bin_dir``."""
-    env = {**os.environ, "SEMSEARCH_CACHE": str(cache), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+def semsearch(python: Path, *args: str) -> list[str]:
+    """The ``semsearch`` command run by the environment's own interpreter."""
+    return [str(python), "-c", "from cli import cli; cli()", *args]
+
+
+def choices_in(python: Path, cache: Path, rounds: int) -> dict:
+    """The first use's cached choice and a fresh doctor measurement, in the environment of ``python``."""
+    env = {**os.environ, "SEMSEARCH_CACHE": str(cache)}
     env.pop("PYTHONPATH", None)
     started = time.perf_counter()
-    subprocess.run([str(bin_dir / "semsearch"), "embed", "the first use of this environment"],
+    subprocess.run(semsearch(python, "embed", "the first use of this environment"),
                    check=True, env=env, stdout=subprocess.DEVNULL, cwd=cache)
     first_use = time.perf_counter() - started
-    doctor = subprocess.run([str(bin_dir / "semsearch"), "doctor", "--json", "--rounds", str(rounds)],
+    doctor = subprocess.run(semsearch(python, "doctor", "--json", "--rounds", str(rounds)),
                             check=True, env=env, capture_output=True, text=True, cwd=cache)
     found = json.loads(doctor.stdout)
-    return {"python": str(bin_dir / "python"), "first_use_s": round(first_use, 2), "cached": found["cached"],
+    return {"python": str(python), "first_use_s": round(first_use, 2), "cached": found["cached"],
             "measured": {"bulk": found["bulk"], "query": found["query"]},
             "speeds": found["speeds"], "bulk_reason": found["bulk_reason"], "query_reason": found["query_reason"]}
 

@@ -113,8 +113,9 @@ def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> l
         searcher = Searcher(index)
         dense = evaluate_index(Dense(searcher, by_text), plan).ndcg_at_10
         fused = evaluate_index(Hybrid(searcher), plan).ndcg_at_10 if hybrid else None
-        with index.snapshot() as snap:
-            faiss_bytes = (index.path / f"vectors-{snap.info.get('vectors_base', snap.generation)}.faiss").stat().st_size
+        with index.snapshot():  # the committed base and its deltas: what a reader loads
+            faiss_bytes = sum((index.path / name).stat().st_size for name in index.generations.chain()
+                              if (index.path / name).is_file())
         rows.append({"dataset": name, "configuration": label, "ndcg@10": round(dense, 4),
                      "hybrid_ndcg@10": None if fused is None else round(fused, 4), "faiss_bytes": faiss_bytes,
                      "search_ms_p50": round(vector_search_ms(index, raw_queries[:100]), 3),
