@@ -18,6 +18,7 @@ import torch
 from . import bert
 from . import precision as policy
 from .loading import drop_unused_layers
+from .memory import keep_freed_memory
 from .pooling import pool
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,6 +39,8 @@ class TorchRunner:
         self.model = model.to(device=device, dtype=DTYPES[precision])
         self.precision = precision
         self.lean = False  # switched on by the encoder's loader after a probe
+        if device == "cpu":
+            keep_freed_memory()  # activations reuse freed heap instead of fresh pages (index.model.memory)
 
     def set_precision(self, precision: str) -> None:
         self.model.to(dtype=DTYPES[precision])
