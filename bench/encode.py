@@ -2,8 +2,9 @@
 
 Both sides encode the same texts with the same model folder (the embedded
 all-MiniLM-L6-v2), the same max length and the same torch thread count.
-sentence-transformers runs ``encode(texts, batch_size=32)`` (its last layer);
-semsearch runs its product default (layer -2, mean pooling) in each requested
+sentence-transformers runs ``encode(texts, batch_size=32)`` (its last layer)
+in a process of its own, as its users run it (this process's allocator
+settings, ``index.model.memory``, do not reach it); semsearch runs its product default (layer -2, mean pooling) in each requested
 precision, backend (auto, onnx, torch) and batch size; without ``--precision``
 and ``--backend``, every candidate (torch bf16, torch fp32, ONNX fp32, ONNX
 int8) and ``auto``, whose rows name the backend and precision it ran for
@@ -32,10 +33,12 @@ table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -122,6 +125,40 @@ def useful_gflop(encoder: Encoder, texts: list[str]) -> float:
     return total / 1e9
 
 
+ST_CHILD = r"""
+import json, sys
+import torch
+from sentence_transformers import SentenceTransformer
+folder, device, max_length, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+model = SentenceTransformer(folder, device=device)
+model.max_seq_length = max_length
+print("ready", flush=True)
+for line in sys.stdin:
+    model.encode(json.loads(line), batch_size=32, show_progress_bar=False)
+    print("done", flush=True)
+"""
+
+
+def st_process(folder: str, device: str, max_length: int, threads: int) -> Callable[[list[str]], None]:
+    """sentence-transformers in a process of its own, as a user runs it: this process's settings
+    (semsearch's malloc thresholds, ``index.model.memory``) do not reach it. Returns a function
+    that has it encode some texts and waits for it (the pipe costs milliseconds of seconds)."""
+    child = subprocess.Popen([sys.executable, "-c", ST_CHILD, folder, device, str(max_length), str(threads)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    atexit.register(child.kill)
+    if child.stdout.readline().strip() != "ready":
+        raise SystemExit("sentence-transformers could not load the model in its process")
+
+    def encode(texts: list[str]) -> None:
+        child.stdin.write(json.dumps(texts) + "\n")
+        child.stdin.flush()
+        if child.stdout.readline().strip() != "done":
+            raise SystemExit("sentence-transformers failed in its process")
+
+    return encode
+
+
 def st_onnx_peer(folder: str, max_length: int):
     """sentence-transformers with its own ONNX backend, exported from the same folder; None if not installed."""
     try:
@@ -176,8 +213,6 @@ def main() -> int:
     repeats = args.repeats or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=r".*longer than \d+ tokens were truncated")
-    from sentence_transformers import SentenceTransformer
-
     workloads = {
         "scifact": load_abstracts(args.data / SCIFACT, 200 if args.quick else 1000),
         "stsb": load_sentences(args.data / STSB, 500 if args.quick else None),
@@ -196,13 +231,8 @@ def main() -> int:
                 print(f"note: precision {p} with backend {k} left out: {exc}", file=sys.stderr)
     first = next(iter(configs.values()))
     reference = Encoder.load(layer=-2, pooling="mean", precision="fp32", device=args.device)
-    st = SentenceTransformer(first.model_path, device=first.device)
-    st.max_seq_length = first.max_length
-
-    def st_encode(texts: list[str]) -> np.ndarray:
-        return st.encode(texts, batch_size=32, show_progress_bar=False)
-
-    sides: dict[str, Callable[[list[str]], np.ndarray]] = {"sentence-transformers": st_encode}
+    st_encode = st_process(first.model_path, first.device, first.max_length, torch.get_num_threads())
+    sides: dict[str, Callable[[list[str]], np.ndarray | None]] = {"sentence-transformers": st_encode}
     st_onnx = st_onnx_peer(first.model_path, first.max_length) if first.device == "cpu" else None
     if st_onnx is not None:
         sides["sentence-transformers onnx"] = st_onnx
