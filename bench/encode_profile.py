@@ -61,7 +61,7 @@ def padding_share(encoder: Encoder, texts: list[str]) -> tuple[int, int]:
     ids = [i[: encoder.window] for i in encoder.tokenizer.ids(texts)]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     real = padded = 0
-    for batch in encoder._batches(order, ids):  # noqa: SLF001 - the benchmark inspects the batching
+    for batch in encoder.batches(order, ids):
         width = max(len(ids[i]) for i in batch) + encoder.n_special
         if len(batch) > 1 and width > 32:
             width = min(encoder.max_length, -(-width // 16) * 16)

@@ -130,9 +130,10 @@ class FAQ:
         return cls(index, threshold=threshold, runners_up=runners_up)
 
     # --- the decision ---------------------------------------------------------------------
-    def calibration(self) -> Calibration | None:
-        """The index's stored calibration, if it still holds for the index's configuration."""
-        config = self.searcher.index.config
+    def calibration(self, config: Mapping[str, Any] | None = None) -> Calibration | None:
+        """The index's stored calibration, if it still holds for the index's configuration (``config``:
+        already read)."""
+        config = self.searcher.index.config if config is None else config
         stored = config.get(SETTING)
         if not stored:
             return None
@@ -143,9 +144,10 @@ class FAQ:
         """``(threshold, margin, calibrated)`` in force."""
         if self.threshold is not None:
             return self.threshold, self.margin or 0.0, False
-        calibration = self.calibration()
+        config = self.searcher.index.config  # one read of the index's settings per decision
+        calibration = self.calibration(config)
         if calibration is None:
-            return default_threshold(self.searcher.index.config), self.margin or 0.0, False
+            return default_threshold(config), self.margin or 0.0, False
         return calibration.threshold, calibration.margin, True
 
     @property

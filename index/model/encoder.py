@@ -288,7 +288,7 @@ class Encoder:
         order = sorted(range(n), key=lambda i: -len(token_ids[i]))
         runner = self.runner_for(n)
         prefix, suffix = self.tokenizer.prefix, self.tokenizer.suffix
-        for batch in self._batches(order, token_ids):
+        for batch in self.batches(order, token_ids):
             seqs = [prefix + [int(t) for t in token_ids[i]] + suffix for i in batch]
             width = max(len(s) for s in seqs)
             if width > self.max_length:
@@ -305,7 +305,7 @@ class Encoder:
                 progress(len(batch))
         return out
 
-    def _batches(self, order: list[int], token_ids: Sequence[Sequence[int]]):
+    def batches(self, order: list[int], token_ids: Sequence[Sequence[int]]):
         """Consecutive slices of ``order`` (longest first) holding at most
         ``batch_size * max_length`` padded tokens: ``batch_size`` long texts, or
         many more short ones, so that short texts do not pay the per-call cost.
