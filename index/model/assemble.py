@@ -26,6 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .. import options
 from ..errors import ConfigMismatchError, SemsearchError
 from . import auto, model_cache
@@ -105,36 +107,120 @@ def builder(make: Make, request: EncoderConfig, name: str, path: str, batch_size
 # --- the torch backend ----------------------------------------------------------------------------
 def torch_encoder(make: Make, request: EncoderConfig, name: str, path: str, precision: str,
                   batch_size: int, device: str):
-    from . import bert, loading
-    from .torch_runner import TorchRunner, probe_reduced_precision
+    """The torch backend: built from the weight file alone where that was shown to give
+    transformers' vectors for this folder (``direct``), else through transformers."""
+    encoder = direct_encoder(make, request, name, path, precision, batch_size, device)
+    return encoder if encoder is not None else library_encoder(make, request, name, path, precision, batch_size,
+                                                               device)
+
+
+def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, precision: str,
+                    batch_size: int, device: str):
+    from . import bert, direct, loading
+    from .torch_runner import TorchRunner
 
     hf_tokenizer, model = loading.load_model(name, path)
-    num_layers, dimension = int(model.config.num_hidden_layers), int(model.config.hidden_size)
-    layer = check_layer(request.layer, num_layers)
+    num_layers = int(model.config.num_hidden_layers)
     tokenizer = Tokenizer.from_transformers(hf_tokenizer)
-    max_positions = int(getattr(model.config, "max_position_embeddings", 512) or 512)
-    max_length = resolve_max_length(request.max_length, path, max_positions, tokenizer.n_special)
     fingerprint = loading.model_fingerprint(model, hf_tokenizer)  # of the whole model, before dropping layers
     model_cache.remember_fingerprint(path, fingerprint)
-    probe = request.precision == "auto" and precision != "fp32"  # auto: reduced only if the probe passes
+    layer = check_layer(request.layer, num_layers)
     runner = TorchRunner(model, num_layers=num_layers, layer=layer, layer_index=layer % (num_layers + 1),
-                         pooling=request.pooling, device=device, precision="fp32" if probe else precision,
+                         pooling=request.pooling, device=device, precision="fp32",
                          token_types="token_type_ids" in hf_tokenizer.model_input_names)
-    if device.startswith("cuda") and batch_size == options.DEFAULT_BATCH_SIZE:
-        batch_size = GPU_BATCH_SIZE
-    encoder = make(model_name=name, model_path=path, tokenizer=tokenizer, runner=runner, layer=layer,
-                   num_layers=num_layers, dimension=dimension, pooling=request.pooling, max_length=max_length,
-                   batch_size=batch_size, fingerprint=fingerprint, backend_request=request.backend)
-    if probe:
-        _, encoder.probe_cosine = probe_reduced_precision(
-            runner, lambda texts: encoder.encode(texts, warn=False), precision)
+    encoder = _torch_encoder(make, request, name, path, precision, batch_size, runner, tokenizer, fingerprint,
+                             model.config)
+    learn_direct = direct.read_config(path) is not None and model_cache.signature(path) is not None
+    reference = encoder.encode(policy.PROBE_TEXTS, warn=False) if learn_direct else None  # fp32, the library's
+    _reduce_precision(encoder, request, precision, reference)
 
     def probe_vectors(lean: bool):
         runner.lean = lean
         return encoder.encode(policy.PROBE_TEXTS, warn=False)
 
     runner.lean = bert.choose_lean(model.config, runner.truncated, probe_vectors)
+    if reference is not None and runner.lean:
+        def vectors_of(direct_model):
+            twin = TorchRunner(direct_model, num_layers=num_layers, layer=layer,
+                               layer_index=layer % (num_layers + 1), pooling=request.pooling, device=device,
+                               precision="fp32", token_types=True)
+            twin.lean = True
+            return _torch_encoder(make, request, name, path, "fp32", batch_size, twin, tokenizer, fingerprint,
+                                  model.config).encode(policy.PROBE_TEXTS, warn=False)
+
+        if direct.verify(path, reference, vectors_of):
+            model_cache.remember_direct(path, fingerprint, tokenizer, direct_check(encoder), reference)
+        else:
+            model_cache.forget_direct(path)
     return encoder
+
+
+def direct_check(encoder) -> str:
+    """The key of the probe vectors a direct build must reproduce: what shapes them besides the weights."""
+    return f"l{encoder.layer % (encoder.num_layers + 1)}-{encoder.pooling}-t{encoder.max_length}"
+
+
+def direct_encoder(make: Make, request: EncoderConfig, name: str, path: str, precision: str,
+                   batch_size: int, device: str):
+    """The model built by ``direct.load`` with the tokenizer recorded when it was verified, or None
+    where there is no valid record (the caller then goes through transformers)."""
+    record = model_cache.direct_record(path)
+    if record is None:
+        return None
+    from . import bert, direct
+    from .torch_runner import TorchRunner
+
+    model = direct.load(path)
+    if model is None:
+        return None
+    num_layers = model.config.num_hidden_layers
+    layer = check_layer(request.layer, num_layers)
+    runner = TorchRunner(model, num_layers=num_layers, layer=layer, layer_index=layer % (num_layers + 1),
+                         pooling=request.pooling, device=device, precision="fp32", token_types=True)
+    if not runner.truncated:  # pragma: no cover - DirectBert always has its layer list
+        return None
+    runner.lean = True
+    tokenizer = Tokenizer.from_file(record.tokenizer_file, pad_id=record.pad_id)
+    encoder = _torch_encoder(make, request, name, path, precision, batch_size, runner, tokenizer,
+                             record.fingerprint, model.config)
+    expected = record.checks.get(direct_check(encoder))
+    if expected is None:  # this layer, pooling or length was not verified yet: the library does it
+        return None
+    reference = encoder.encode(policy.PROBE_TEXTS, warn=False)
+    gap = float(np.abs(reference - np.asarray(expected, dtype=np.float32)).max())
+    if gap > bert.TOLERANCE:  # the code computing it changed: transformers decides again
+        log.info("direct BERT of %s differs from its recorded vectors by %.2g; loading through transformers",
+                 name, gap)
+        return None
+    _reduce_precision(encoder, request, precision, reference)
+    return encoder
+
+
+def _torch_encoder(make: Make, request: EncoderConfig, name: str, path: str, precision: str, batch_size: int,
+                   runner, tokenizer: Tokenizer, fingerprint: str, config):
+    """The Encoder of a torch ``runner`` (still fp32; ``_reduce_precision`` follows)."""
+    max_positions = int(getattr(config, "max_position_embeddings", 512) or 512)
+    max_length = resolve_max_length(request.max_length, path, max_positions, tokenizer.n_special)
+    if runner.device.startswith("cuda") and batch_size == options.DEFAULT_BATCH_SIZE:
+        batch_size = GPU_BATCH_SIZE
+    return make(model_name=name, model_path=path, tokenizer=tokenizer, runner=runner, layer=runner.layer,
+                num_layers=int(config.num_hidden_layers), dimension=int(config.hidden_size), pooling=request.pooling,
+                max_length=max_length, batch_size=batch_size, fingerprint=fingerprint,
+                backend_request=request.backend)
+
+
+def _reduce_precision(encoder, request: EncoderConfig, precision: str, reference=None) -> None:
+    """Run the fp32 encoder in ``precision``: under ``auto`` only if its probe passes (``reference``:
+    its fp32 probe vectors, when already computed)."""
+    from .torch_runner import probe_reduced_precision
+
+    if precision == "fp32":
+        return
+    if request.precision == "auto":
+        _, encoder.probe_cosine = probe_reduced_precision(
+            encoder.runner, lambda texts: encoder.encode(texts, warn=False), precision, reference)
+    else:
+        encoder.runner.set_precision(precision)
 
 
 # --- the ONNX Runtime backend -----------------------------------------------------------------

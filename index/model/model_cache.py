@@ -16,6 +16,10 @@ folder is the user's own and closed to others (0700; see ``cache_root``):
   model folder with the folder's ``model_files.signature`` and the
   transformers version it was computed with, so a query can check an index's
   recorded fingerprint without loading the model.
+- ``models/<hash of the folder path>.direct.json`` and ``.tokenizer.json``: that the
+  folder's model, built from its weight file without transformers
+  (``direct``), gave transformers' vectors, with the tokenizer transformers
+  made of it; valid under the same signature and version as the fingerprint.
 - ``choices/<key>.json``: what ``--backend auto`` chose for bulk and for queries on this CPU,
   with the timings behind it (``auto``, ``choice``).
 
@@ -186,6 +190,65 @@ def remember_fingerprint(model_path: str, fingerprint: str) -> None:
     write_json(_model_record(model_path), {"path": str(Path(model_path).resolve()), "signature": sig,
                                            "transformers": transformers_version(), "fingerprint": fingerprint,
                                            "algorithm": FINGERPRINT_ALGORITHM})
+
+
+def remember_direct(model_path: str, fingerprint: str, tokenizer: Any, check: str, vectors: Any) -> None:
+    """Record that ``direct.load`` reproduced transformers for this folder as it is now, with the
+    tokenizer (``tokenizer.Tokenizer``) to run it with and, under ``check`` (layer, pooling, max
+    length), transformers' fp32 vectors of the probe texts, which every direct load must give."""
+    sig = signature(model_path)
+    if sig is None:
+        return
+    record = _model_record(model_path)
+    tokenizer_file = record.with_suffix(".tokenizer.json")
+    known = direct_record(model_path)
+    checks = dict(known.checks) if known is not None and known.fingerprint == fingerprint else {}
+    checks[check] = [[float(x) for x in row] for row in vectors]
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staging = tokenizer_file.with_name(f".{tokenizer_file.name}.tmp-{os.getpid()}")
+        tokenizer.save(staging)
+        os.replace(staging, tokenizer_file)
+    except OSError:  # a cache that cannot be written only costs speed
+        return
+    write_json(record.with_suffix(".direct.json"), {
+        "path": str(Path(model_path).resolve()), "signature": sig, "transformers": transformers_version(),
+        "fingerprint": fingerprint, "algorithm": FINGERPRINT_ALGORITHM, "pad_id": tokenizer.pad_id,
+        "tokenizer_sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(), "checks": checks})
+
+
+def forget_direct(model_path: str) -> None:
+    """Drop the record: the direct build no longer gives transformers' vectors."""
+    try:
+        _model_record(model_path).with_suffix(".direct.json").unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+@dataclass
+class DirectRecord:
+    fingerprint: str
+    tokenizer_file: Path
+    pad_id: int
+    checks: dict[str, list[list[float]]]  # "l<layer>-<pooling>-t<max length>" -> probe vectors
+
+
+def direct_record(model_path: str) -> DirectRecord | None:
+    """What ``remember_direct`` recorded for this folder's files as they are now, or None."""
+    sig = signature(model_path)
+    if sig is None:
+        return None
+    record = _model_record(model_path)
+    tokenizer_file = record.with_suffix(".tokenizer.json")
+    try:
+        meta = json.loads(record.with_suffix(".direct.json").read_text(encoding="utf-8"))
+        if (meta.get("signature") != sig or meta.get("transformers") != transformers_version()
+                or meta.get("algorithm") != FINGERPRINT_ALGORITHM or meta.get("fingerprint") != known_fingerprint(model_path)
+                or hashlib.sha256(tokenizer_file.read_bytes()).hexdigest() != meta.get("tokenizer_sha256")):
+            return None
+        return DirectRecord(str(meta["fingerprint"]), tokenizer_file, int(meta["pad_id"]), dict(meta["checks"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_choice(key: str) -> dict[str, Any] | None:

@@ -65,14 +65,15 @@ class TorchRunner:
 
 
 def probe_reduced_precision(runner: TorchRunner, encode: Callable[[Sequence[str]], np.ndarray],
-                            precision: str) -> tuple[str, float]:
+                            precision: str, reference: np.ndarray | None = None) -> tuple[str, float]:
     """Switch an fp32 ``runner`` to ``precision`` if that reproduces its fp32 vectors.
 
     ``encode`` turns texts into vectors with the runner as it is at the time of
-    the call. Returns ``(precision in use, lowest cosine to fp32 on PROBE_TEXTS)``;
+    the call (``reference``: its fp32 vectors of PROBE_TEXTS, when already computed). Returns ``(precision in use, lowest cosine to fp32 on PROBE_TEXTS)``;
     the runner goes back to fp32 when that cosine is below ``MIN_PROBE_COSINE``.
     """
-    reference = encode(policy.PROBE_TEXTS)
+    if reference is None:
+        reference = encode(policy.PROBE_TEXTS)
     runner.set_precision(precision)
     reduced = encode(policy.PROBE_TEXTS)
     cosine = float((reference * reduced).sum(axis=1).min())
