@@ -21,7 +21,7 @@ from conftest import SHARED_DATA
 ROOT = Path(__file__).resolve().parents[1]
 HELPERS = {"hostinfo.py"}  # imported by the benchmarks, not one itself
 SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name not in HELPERS)
-NEEDS_DATA = {"encode.py", "faq.py", "hybrid.py", "recall.py", "serve.py", "sts.py", "build.py", "query.py",
+NEEDS_DATA = {"encode.py", "processes.py", "faq.py", "hybrid.py", "recall.py", "serve.py", "sts.py", "build.py", "query.py",
               "whitening.py"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
