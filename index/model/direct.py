@@ -42,15 +42,30 @@ PREFIXES = ("", "bert.")  # BertModel checkpoints, and BertFor* ones whose encod
 log = logging.getLogger(__name__)
 
 
+class Linear(nn.Linear):
+    def reset_parameters(self) -> None:  # no random initialisation: every weight is read from the file
+        pass
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class LayerNorm(nn.LayerNorm):
+    def reset_parameters(self) -> None:
+        pass
+
+
 class Embeddings(nn.Module):
     """transformers' BertEmbeddings in eval mode with absolute positions."""
 
     def __init__(self, c: SimpleNamespace):
         super().__init__()
-        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
-        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.word_embeddings = Embedding(c.vocab_size, c.hidden_size)
+        self.position_embeddings = Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
@@ -63,8 +78,8 @@ class DenseNorm(nn.Module):
 
     def __init__(self, inputs: int, c: SimpleNamespace):
         super().__init__()
-        self.dense = nn.Linear(inputs, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dense = Linear(inputs, c.hidden_size)
+        self.LayerNorm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
 
 
 class Layer(nn.Module):
@@ -76,11 +91,11 @@ class Layer(nn.Module):
         self.attention = nn.Module()
         self.attention.self = nn.Module()
         for name in ("query", "key", "value"):
-            setattr(self.attention.self, name, nn.Linear(c.hidden_size, c.hidden_size))
+            setattr(self.attention.self, name, Linear(c.hidden_size, c.hidden_size))
         self.attention.self.attention_head_size = c.hidden_size // heads
         self.attention.output = DenseNorm(c.hidden_size, c)
         self.intermediate = nn.Module()
-        self.intermediate.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.intermediate.dense = Linear(c.hidden_size, c.intermediate_size)
         self.intermediate.intermediate_act_fn = ACTIVATIONS[c.hidden_act]()
         self.output = DenseNorm(c.intermediate_size, c)
 
