@@ -47,6 +47,18 @@ def exact_arithmetic_for_unit_tests(request, monkeypatch):
         monkeypatch.setattr(index.options, "DEFAULT_BACKEND", "torch")
 
 
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """A model cache of this test's own (``$SEMSEARCH_CACHE``), and no encoder loaded before it."""
+    from index.model.encoder import Encoder
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEMSEARCH_CACHE", str(cache))
+    Encoder.clear_cache()
+    yield cache
+    Encoder.clear_cache()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 3-layer, 32-d random BERT whose tokenizer keeps Hangul syllables whole."""

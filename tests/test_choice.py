@@ -123,15 +123,6 @@ def test_a_stored_choice_is_reused_only_for_this_cpu_candidates_and_rules():
     assert rules.reusable(None, "cpu-a", fp32) is None
 
 
-@pytest.fixture
-def isolated_cache(tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("SEMSEARCH_CACHE", str(cache))
-    Encoder.clear_cache()
-    yield cache
-    Encoder.clear_cache()
-
-
 def counting_measure(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = auto.measure

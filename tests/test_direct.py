@@ -27,15 +27,6 @@ TEXTS = ["how do i reset my password", "the bank of the river", "배를 타고 �
 
 
 @pytest.fixture
-def isolated_cache(tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("SEMSEARCH_CACHE", str(cache))
-    Encoder.clear_cache()
-    yield cache
-    Encoder.clear_cache()
-
-
-@pytest.fixture
 def own_model(tiny_model, tmp_path) -> str:
     """A copy of the tiny model that a test may change."""
     return str(shutil.copytree(tiny_model, tmp_path / "model"))

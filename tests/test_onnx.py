@@ -36,16 +36,6 @@ TEXTS = [
 KOREAN = ["배를 타고 여행을 간다.", "추석에 먹은 배가 맛있었다.", "한국어 문장을 토큰으로 나눈다"]
 
 
-@pytest.fixture
-def isolated_cache(tmp_path, monkeypatch) -> Path:
-    """A model cache of this test's own, and no encoder loaded before it."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("SEMSEARCH_CACHE", str(cache))
-    Encoder.clear_cache()
-    yield cache
-    Encoder.clear_cache()
-
-
 def graphs(cache: Path) -> list[str]:
     folder = cache / "graphs"
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
