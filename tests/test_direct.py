@@ -130,7 +130,7 @@ def test_what_the_direct_build_does_not_handle(tiny_model, tmp_path):
     config = json.loads((Path(tiny_model) / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config))
     assert direct.read_config(str(folder)) is not None
-    assert direct.load(str(folder)) is None  # no model.safetensors
+    assert not direct.possible(str(folder)) and direct.load(str(folder)) is None  # no model.safetensors
     for change in ({"hidden_act": "silu"}, {"position_embedding_type": "relative_key"}, {"model_type": "roberta"},
                    {"is_decoder": True}):
         (folder / "config.json").write_text(json.dumps({**config, **change}))

@@ -15,7 +15,8 @@ An ONNX graph is exported once per model fingerprint, layer, max length and
 precision into the model cache, and used only after it reproduced the fp32
 reference on the probe texts; when that is impossible the torch backend is
 used, with a notice. With a cached graph and a known fingerprint, nothing
-imports torch or transformers.
+imports torch or transformers; the torch backend itself skips transformers
+for a folder whose direct build (``direct``) was verified against it.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, pr
                          token_types="token_type_ids" in hf_tokenizer.model_input_names)
     encoder = _torch_encoder(make, request, name, path, precision, batch_size, runner, tokenizer, fingerprint,
                              model.config)
-    learn_direct = direct.read_config(path) is not None and model_cache.signature(path) is not None
+    learn_direct = direct.possible(path) and model_cache.signature(path) is not None
     reference = encoder.encode(policy.PROBE_TEXTS, warn=False) if learn_direct else None  # fp32, the library's
     _reduce_precision(encoder, request, precision, reference)
 

@@ -131,13 +131,17 @@ def read_config(model_path: str) -> SimpleNamespace | None:
     return c if plain else None
 
 
+def possible(model_path: str) -> bool:
+    """Whether ``load`` may build this folder's model: a plain BERT encoder with ``model.safetensors``."""
+    return read_config(model_path) is not None and (Path(model_path) / WEIGHTS).is_file()
+
+
 def load(model_path: str) -> DirectBert | None:
     """The model of ``model_path`` from ``model.safetensors`` (fp32, eval mode), or None when the
     folder has no such file, is not a plain BERT encoder, or its tensors do not fit the layout."""
-    config = read_config(model_path)
-    weights = Path(model_path) / WEIGHTS
-    if config is None or not weights.is_file():
+    if not possible(model_path):
         return None
+    config, weights = read_config(model_path), Path(model_path) / WEIGHTS
     from safetensors.torch import load_file  # transformers' own dependency; light to import
 
     try:
