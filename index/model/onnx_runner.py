@@ -8,6 +8,7 @@ numpy, so a query answered this way never imports torch or transformers.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -28,22 +29,39 @@ class OnnxRunner:
     model = None  # no torch module
 
     def __init__(self, graph: bytes | str, pooling: str, precision: str, threads: int | None = None):
-        """``graph``: the ONNX model, as bytes or the path of its file."""
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
+        """``graph``: the ONNX model, as bytes or the path of its file. Its session is made on the first
+        run, so that a bulk job whose batches run on another runner never pays for it."""
+        self.graph, self.threads = graph, threads
+        self._session = None
+        self._making = threading.Lock()
         self.pooling = pooling
         self.precision = precision
         self.device = "cpu"
 
+    @property
+    def session(self):
+        if self._session is None:
+            with self._making:
+                if self._session is None:
+                    self._session = self._make_session()
+        return self._session
+
+    def _make_session(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or cpu_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+        session = ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in session.get_inputs()}
+        self.graph = None  # ONNX Runtime holds its own copy
+        return session
+
     def run(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Unit vectors ``(batch, dim)`` of padded ``(batch, tokens)`` int64 ids and attention mask."""
+        session = self.session
         feed = {"input_ids": input_ids, "attention_mask": mask}
-        hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        hidden = session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
         return pool_numpy(hidden, mask, self.pooling)
