@@ -771,6 +771,9 @@ def doctor(model, layer, precision, rounds, as_json) -> None:
     click.echo(f"query: {d.query} ({d.query_reason})")
     if d.bf16_probe_cosine is not None:
         click.echo(f"bf16 probe: lowest cosine {d.bf16_probe_cosine:.5f} to fp32")
+    if d.torch_build:
+        click.echo("torch model: " + ("built from model.safetensors without transformers (shown to give its vectors)"
+                                      if d.torch_build == "direct" else "loaded through transformers"))
     cached = (f"bulk {d.cached['bulk']}, query {d.cached['query']}" if d.cached else
               "none yet (the first encoder load measures and caches it)")
     click.echo(f"choice cached for this CPU, used by every process: {cached}")

@@ -259,8 +259,10 @@ def test_doctor_times_every_candidate_and_says_why(tiny_model, isolated_cache):
     assert report["bulk"] in report["available"] and report["query"] == rules.ONNX_FP32
     assert report["bulk_reason"] and report["query_reason"]
     assert report["cached"] is None  # doctor measures, it does not store
+    assert report["torch_build"] == "transformers"  # the first load in this cache; it verifies the direct build
     text = CliRunner().invoke(cli, ["doctor", "--model", tiny_model, "--precision", "fp32", "--rounds", "1"])
     assert text.exit_code == 0 and "bulk:" in text.output and "query: onnx fp32" in text.output
+    assert "torch model: built from model.safetensors without transformers" in text.output
 
 
 def test_bf16_as_asked_or_recorded_needs_no_measurement_and_answers_queries_on_the_graph(

@@ -50,6 +50,7 @@ class Diagnosis:
     rounds: int
     bf16_probe_cosine: float | None = None
     cached: dict[str, str] | None = None  # the choice cached for this CPU, which processes use
+    torch_build: str | None = None  # "direct" (from model.safetensors, no transformers) or "transformers"
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,8 +97,14 @@ def diagnose(model: str | None = None, *, layer: int | None = None, pooling: str
         cached = None if kept is None else {"bulk": kept.bulk, "query": kept.query}
     if not found.timings.seconds:
         notes.append("one candidate for bulk encoding: nothing to measure")
+    torch_side = next((e for n, e in found.encoders.items() if n.startswith("torch")), None)
+    torch_build = None
+    if torch_side is not None:
+        from .direct import DirectBert
+
+        torch_build = "direct" if isinstance(torch_side.runner.model, DirectBert) else "transformers"
     return Diagnosis(
         cpu=cpu_name(), threads=cpu_threads(), bf16_instructions=policy.cpu_supports_bf16(), model=name,
         candidates=found.names, available=found.available, speeds=speeds, bulk=found.choice.bulk,
         query=found.choice.query, bulk_reason=found.choice.bulk_reason, query_reason=found.choice.query_reason,
-        rounds=rounds, bf16_probe_cosine=found.probe_cosine, cached=cached, notes=notes)
+        rounds=rounds, bf16_probe_cosine=found.probe_cosine, cached=cached, torch_build=torch_build, notes=notes)
