@@ -129,8 +129,7 @@ def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, pr
     runner = TorchRunner(model, num_layers=num_layers, layer=layer, layer_index=layer % (num_layers + 1),
                          pooling=request.pooling, device=device, precision="fp32",
                          token_types="token_type_ids" in hf_tokenizer.model_input_names)
-    encoder = _torch_encoder(make, request, name, path, precision, batch_size, runner, tokenizer, fingerprint,
-                             model.config)
+    encoder = _torch_encoder(make, request, name, path, batch_size, runner, tokenizer, fingerprint, model.config)
     learn_direct = direct.possible(path) and model_cache.signature(path) is not None
     reference = encoder.encode(policy.PROBE_TEXTS, warn=False) if learn_direct else None  # fp32, the library's
     _reduce_precision(encoder, request, precision, reference)
@@ -146,7 +145,7 @@ def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, pr
                                layer_index=layer % (num_layers + 1), pooling=request.pooling, device=device,
                                precision="fp32", token_types=True)
             twin.lean = True
-            return _torch_encoder(make, request, name, path, "fp32", batch_size, twin, tokenizer, fingerprint,
+            return _torch_encoder(make, request, name, path, batch_size, twin, tokenizer, fingerprint,
                                   model.config).encode(policy.PROBE_TEXTS, warn=False)
 
         if direct.verify(path, reference, vectors_of):
@@ -182,8 +181,8 @@ def direct_encoder(make: Make, request: EncoderConfig, name: str, path: str, pre
         return None
     runner.lean = True
     tokenizer = Tokenizer.from_file(record.tokenizer_file, pad_id=record.pad_id)
-    encoder = _torch_encoder(make, request, name, path, precision, batch_size, runner, tokenizer,
-                             record.fingerprint, model.config)
+    encoder = _torch_encoder(make, request, name, path, batch_size, runner, tokenizer, record.fingerprint,
+                             model.config)
     expected = record.checks.get(direct_check(encoder))
     if expected is None:  # this layer, pooling or length was not verified yet: the library does it
         return None
@@ -197,8 +196,8 @@ def direct_encoder(make: Make, request: EncoderConfig, name: str, path: str, pre
     return encoder
 
 
-def _torch_encoder(make: Make, request: EncoderConfig, name: str, path: str, precision: str, batch_size: int,
-                   runner, tokenizer: Tokenizer, fingerprint: str, config):
+def _torch_encoder(make: Make, request: EncoderConfig, name: str, path: str, batch_size: int, runner,
+                   tokenizer: Tokenizer, fingerprint: str, config):
     """The Encoder of a torch ``runner`` (still fp32; ``_reduce_precision`` follows)."""
     max_positions = int(getattr(config, "max_position_embeddings", 512) or 512)
     max_length = resolve_max_length(request.max_length, path, max_positions, tokenizer.n_special)
