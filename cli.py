@@ -1361,9 +1361,11 @@ def faq_ask(ctx, question, index_path, questions_file, as_json, threshold, where
 @click.option("--precision", "target", type=float, default=0.95, show_default=True,
               help="Share of given answers that must be right.")
 @click.option("--apply", is_flag=True, help="When another layer reaches the target, rebuild the index with it and calibrate again.")
+@click.option("--fit-questions/--no-fit-questions", default=True, show_default=True,
+              help="Where the index whitens, refit the whitening with these questions' texts first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply, as_json) -> None:
+def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply, fit_questions, as_json) -> None:
     """Choose when the FAQ answers: the threshold (and margin) that reach a precision with the most answers.
 
     Stores the choice in the index; `faq ask`, the FAQ API and the server use it.
@@ -1378,7 +1380,7 @@ def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply
     labelled = read_labelled(questions_file)
     if off_topic_file:
         labelled += read_off_topic(off_topic_file)
-    report = calibrate_index(index_path, labelled, target, apply=apply,
+    report = calibrate_index(index_path, labelled, target, apply=apply, fit_questions=fit_questions,
                              note=lambda line: click.echo(f"note: {line}", err=True))
     if as_json:
         click.echo(_dump(report.as_dict()))

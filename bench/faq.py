@@ -5,7 +5,9 @@ their answers (`semsearch faq build`), and its 1,250 user rewordings are
 split at random (fixed seed) into a calibration half and a test half; STSb
 test sentences are the off-topic questions, split the same way. For each
 layer, `faq calibrate` chooses the threshold and margin on the calibration
-half (target precision 0.95), and the test half measures what the bot then
+half (target precision 0.95; where the index whitens, once with its fit as
+built and once refitted with the calibration half's question texts, the
+default), and the test half measures what the bot then
 does: the share of in-domain questions it answers, the precision of its
 answers (a wrong entry, or any answer to an off-topic question, is a
 mistake) and the share of off-topic questions it answers. The uncalibrated
@@ -98,20 +100,25 @@ def main() -> int:
             if layer == -2:
                 default = default_threshold(Index.open(path).config)
                 rows.append({"layer": layer, "setting": f"default {default}", **measure(faq, test, default, 0.0)})
-            report = calibrate_index(path, calibration, args.target)
-            chosen = report.calibration or None
-            setting = report.top if chosen is None else chosen
-            label = "calibrated" if chosen else "most precise (target not reached)"
-            rows.append({"layer": layer, "setting": label, "calibration_precision": round(setting.precision, 4),
-                         **measure(FAQ(path), test, setting.threshold, setting.margin)})
+            whitens = bool((Index.open(path).config.get("whitening_fit") or {}).get("whiten"))
+            for fit_questions in ((False, True) if whitens else (False,)):
+                report = calibrate_index(path, calibration, args.target, fit_questions=fit_questions)
+                chosen = report.calibration or None
+                setting = report.top if chosen is None else chosen
+                label = "calibrated" if chosen else "most precise (target not reached)"
+                if whitens:
+                    label += " (questions in the fit: default)" if fit_questions else " (--no-fit-questions)"
+                rows.append({"layer": layer, "setting": label, "calibration_precision": round(setting.precision, 4),
+                             "fitted_questions": report.fitted_questions,
+                             **measure(FAQ(path), test, setting.threshold, setting.margin)})
     info = {**cpu_info(), "seed": args.seed, "target": args.target, "in_domain_test": len(labelled) - half,
             "off_topic_test": len(off) - off_half, "bulk": recorded.bulk, "query": recorded.query}
     print(f"machine: {cpu_line(info)}; bulk {recorded.bulk}, queries {recorded.query}")
     print(f"StackFAQ: calibrated on {half} rewordings + {off_half} STSb sentences, tested on the other "
           f"{info['in_domain_test']} + {info['off_topic_test']} (seed {args.seed}, target precision {args.target})")
-    print(f"{'layer':>5}  {'setting':<34} {'threshold':>9} {'margin':>6} {'answered':>9} {'precision':>9} {'off-topic':>9}")
+    print(f"{'layer':>5}  {'setting':<52} {'threshold':>9} {'margin':>6} {'answered':>9} {'precision':>9} {'off-topic':>9}")
     for r in rows:
-        print(f"{r['layer']:>5}  {r['setting']:<34} {r['threshold']:>9.4f} {r['margin']:>6.2f} {r['answered']:>9.1%} "
+        print(f"{r['layer']:>5}  {r['setting']:<52} {r['threshold']:>9.4f} {r['margin']:>6.2f} {r['answered']:>9.1%} "
               f"{r['precision']:>9.1%} {r['off_topic_answered']:>9.1%}")
     print(json.dumps({"benchmark": "faq", **info, "results": rows}))
     return 0

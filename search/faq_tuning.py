@@ -7,7 +7,11 @@ When the index's layer and pooling cannot reach the target, or reach it
 answering fewer than 90% of the in-domain questions, it measures the other
 layers on the same questions (exact search over the FAQ's questions encoded
 with that layer) and names the ``semsearch index rebuild`` that would answer
-more; ``apply`` performs that rebuild and calibrates again.
+more; ``apply`` performs that rebuild and calibrates again. Where the index
+whitens, the labelled questions' texts (never their labels) are first recorded
+for its whitening fit and the transform refitted with them (``fit_questions``;
+``storage.whitened``): the fit then sees the questions users ask, not only
+the FAQ's own.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class CalibrationReport:
     top: Rates  # the most precise setting at the index's layer
     alternatives: list[Alternative] = field(default_factory=list)
     applied: str | None = None  # the rebuild that was performed
+    fitted_questions: int = 0  # the questions the whitening was refitted with first (0: not refitted)
 
     @property
     def reached(self) -> bool:
@@ -68,7 +73,7 @@ class CalibrationReport:
         return {"target": self.target, "layer": self.layer, "reached": self.reached,
                 "calibration": self.calibration.as_dict() if self.calibration else None,
                 "most_precise": self.top.as_dict(), "alternatives": [a.as_dict() for a in self.alternatives],
-                "applied": self.applied}
+                "applied": self.applied, "fitted_questions": self.fitted_questions}
 
 
 def read_labelled(path: str | os.PathLike) -> list[LabelledQuestion]:
@@ -144,14 +149,35 @@ def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]
     return out
 
 
+def fit_questions_into(index: Index, labelled: Sequence[LabelledQuestion]) -> int:
+    """Record the questions' texts for the index's whitening and refit it with them, where the index
+    whitens; returns how many were recorded (0: it does not whiten, nothing changed)."""
+    if not (index.config.get(whitened.FIT) or {}).get("whiten"):
+        return 0
+    texts = sorted({q.question.strip() for q in labelled if q.question.strip()})
+    if len(texts) > whitened.MAX_QUESTIONS:  # a fixed sample: the same questions give the same fit
+        picked = np.random.default_rng(0).choice(len(texts), whitened.MAX_QUESTIONS, replace=False)
+        texts = [texts[i] for i in sorted(picked)]
+    if index.config.get(whitened.QUESTIONS) != texts:
+        with index.session() as writer:
+            writer.record({whitened.QUESTIONS: texts})
+            writer.refit(force=True)
+    return len(texts)
+
+
 def calibrate_index(path: str | os.PathLike, labelled: Sequence[LabelledQuestion], target: float = 0.95,
-                    apply: bool = False, note: Callable[[str], None] | None = None) -> CalibrationReport:
-    """Choose and store the threshold and margin that reach ``target`` precision on ``labelled``."""
+                    apply: bool = False, note: Callable[[str], None] | None = None,
+                    fit_questions: bool = True) -> CalibrationReport:
+    """Choose and store the threshold and margin that reach ``target`` precision on ``labelled``
+    (first refitting a whitened index with their texts, unless ``fit_questions`` is False)."""
     if not 0 < target <= 1:
         raise SemsearchError(f"the target precision must be above 0 and at most 1 (got {target})")
     if not any(q.faq_id is not None for q in labelled):
         raise SemsearchError("calibration needs in-domain questions: lines with the faq_id that answers them")
     index = Index.open(path)
+    fitted = fit_questions_into(index, labelled) if fit_questions else 0
+    if fitted and note:
+        note(f"refitted the whitening with the {fitted} calibration questions (their texts, not their labels)")
     faq = FAQ(Searcher(index))
     layer = int(index.config["layer"])
     best, top = choose(observe_faq(faq, labelled), target)
@@ -159,7 +185,7 @@ def calibrate_index(path: str | os.PathLike, labelled: Sequence[LabelledQuestion
     if best is not None:
         calibration = Calibration.from_rates(best, target, index.config)
         index.set_setting(SETTING, calibration.as_dict())
-    report = CalibrationReport(target, layer, calibration, top)
+    report = CalibrationReport(target, layer, calibration, top, fitted_questions=fitted)
     if best is not None and best.answered >= ANSWERS_ENOUGH:
         return report
     for other in (L for L in LAYERS if L != layer):
@@ -176,7 +202,7 @@ def calibrate_index(path: str | os.PathLike, labelled: Sequence[LabelledQuestion
         if note:
             note(f"rebuilding the index with layer {winners[0].layer}, then calibrating again")
         index.rebuild(layer=winners[0].layer)
-        again = calibrate_index(path, labelled, target, apply=False, note=note)
+        again = calibrate_index(path, labelled, target, apply=False, note=note, fit_questions=fit_questions)
         again.applied, again.alternatives = winners[0].command, report.alternatives
         return again
     return report

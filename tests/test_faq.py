@@ -201,3 +201,44 @@ def test_a_calibration_that_answers_few_also_measures_the_other_layer(faq_index,
     assert [a.layer for a in report.alternatives] == [-1] and report.alternatives[0].best.answered == 1.0
     applied = faq_tuning.calibrate_index(faq_index, LABELLED, 0.95, apply=True)
     assert applied.applied and applied.calibration.layer == -1 and applied.calibration.answered == 1.0
+
+
+def test_calibrating_a_whitened_index_refits_it_with_the_questions_texts(tiny_model, tmp_path):
+    from search.searcher import Searcher
+
+    path = tmp_path / "faq-whitened"
+    FAQ.build(path, ENTRIES, model=tiny_model, whitening="on")
+    before = Index.open(path).config["whitening_fit"]
+    assert before["whiten"] and before["questions"] == 0
+    asked = LABELLED + [faq_tuning.LabelledQuestion("the river bank at night", None)]
+    report = faq_tuning.calibrate_index(path, asked, 0.5)
+    index = Index.open(path)
+    fit = index.config["whitening_fit"]
+    texts = sorted({q.question for q in asked})
+    assert report.fitted_questions == len(texts) == fit["questions"]
+    assert index.config["whitening_questions"] == texts  # the texts only: no label is stored
+    assert fit["sha256"] != before["sha256"] and "recorded questions" in fit["source"]
+    hit = Searcher(index).search("how do i delete my account", k=1)[0]  # the FAISS vectors follow the new fit
+    assert hit.id == "del" and hit.score == pytest.approx(1.0, abs=1e-4)
+    assert CliRunner().invoke(cli, ["index", "check", "--index", str(path)]).exit_code == 0
+    faq_tuning.calibrate_index(path, asked, 0.5)  # the same questions: nothing to refit
+    assert Index.open(path).config["whitening_fit"]["sha256"] == fit["sha256"]
+    Index.open(path).rebuild(layer=-1, whitening="on")  # another layer: the questions are encoded with it
+    refit = Index.open(path).config["whitening_fit"]
+    assert refit["questions"] == len(texts) and refit["layer"] == -1
+
+
+def test_no_fit_questions_and_raw_indexes_leave_the_fit_alone(faq_index, tiny_model, tmp_path):
+    path = tmp_path / "faq-whitened"
+    FAQ.build(path, ENTRIES, model=tiny_model, whitening="on")
+    before = Index.open(path).config["whitening_fit"]
+    lines = "".join(json.dumps({"question": q.question, "faq_id": q.faq_id}) + "\n" for q in LABELLED)
+    (tmp_path / "labelled.jsonl").write_text(lines)
+    result = CliRunner().invoke(cli, ["faq", "calibrate", "--index", str(path), "--questions",
+                                      str(tmp_path / "labelled.jsonl"), "--precision", "0.5", "--no-fit-questions",
+                                      "--json"])
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads(result.stdout)["fitted_questions"] == 0
+    assert Index.open(path).config["whitening_fit"] == before
+    raw = faq_tuning.calibrate_index(faq_index, LABELLED, 0.5)  # the tiny model is not whitened under auto
+    assert raw.fitted_questions == 0 and "whitening_questions" not in Index.open(faq_index).config

@@ -12,6 +12,11 @@ index recorded before whitening existed has neither key and stays raw.
 
 A fit is due when the configuration asks for whitening and nothing was fitted
 for it yet, and when the index has doubled since the fit (like search tuning).
+
+An index may also record ``whitening_questions``: texts of questions its users
+ask (``faq calibrate`` records its calibration questions, their texts only),
+encoded with the index's encoder and pooled into every fit, so that the
+transform fits the query side too (``docs/faq.md``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ GROWTH = 2.0  # refit when the index has this many times the passages it was fit
 # ``auto`` keeps an index of fewer passages raw: on the examples' 20 FAQ questions every whitening tried
 # (and centring alone) ranked worse than raw, on StackFAQ's 125 better (docs/quality.md#whitening).
 MIN_PASSAGES = 100
+QUESTIONS = "whitening_questions"  # question texts pooled into every fit (``faq calibrate``)
+MAX_QUESTIONS = 5000
 
 _cache: dict[str, Whitening] = {}  # sha256 -> transform, a few per process
 _background: dict[Any, np.ndarray] = {}  # encoder configuration -> the background sample's vectors
+_questions: dict[Any, np.ndarray] = {}  # (encoder configuration, the texts) -> their vectors
 
 
 def configuration(mode: str | None = None, dims: int | None = None) -> dict[str, Any]:
@@ -138,6 +146,16 @@ def background_vectors(encoder) -> np.ndarray:
     return _background[key]
 
 
+def question_vectors(encoder, texts: list[str]) -> np.ndarray:
+    """The recorded questions encoded by ``encoder`` (once per configuration and texts per process)."""
+    key = (encoder.config, tuple(texts))
+    if key not in _questions:
+        if len(_questions) > 4:
+            _questions.clear()
+        _questions[key] = encoder.encode(texts, warn=False)
+    return _questions[key]
+
+
 def sample(store: MetadataStore, dimension: int, passages: int, next_table: bool = False) -> np.ndarray:
     """The corpus's stored raw vectors the fit reads (all of them, or a random sample of them)."""
     rows = sample_rows(passages)
@@ -167,14 +185,18 @@ def fit_for(info: Mapping[str, Any], corpus: np.ndarray, encoder: Callable[[], A
                              f"from {MIN_PASSAGES}; --whitening on to whiten anyway)")
     if not record["whiten"]:
         return None, record
-    extra = background_vectors(encoder())
+    model = encoder()
+    extra = background_vectors(model)
+    texts = [str(t) for t in (info.get(QUESTIONS) or [])][:MAX_QUESTIONS]
+    asked = question_vectors(model, texts) if texts else extra[:0]
     dims = config["dims"]
     if dims is not None and dims > corpus.shape[1]:
         raise SemsearchError(f"--whitening-dims {dims} is more than the model's {corpus.shape[1]} dimensions")
-    whitening = fit(np.concatenate([corpus, extra]) if len(corpus) else extra, dims)
+    whitening = fit(np.concatenate([part for part in (corpus, extra, asked) if len(part)]), dims)
     record.update(sha256=whitening.digest(), dimension=whitening.dimension, vectors=int(len(corpus)),
-                  background=int(len(extra)), passages=int(passages),
-                  source=f"{len(corpus)} corpus vectors + {len(extra)} generated background sentences")
+                  background=int(len(extra)), questions=int(len(asked)), passages=int(passages),
+                  source=f"{len(corpus)} corpus vectors + {len(extra)} generated background sentences"
+                         + (f" + {len(asked)} recorded questions" if len(asked) else ""))
     return whitening, record
 
 
