@@ -188,14 +188,14 @@ def test_bulk_and_query_runners_agree_and_neither_loads_the_other(
     assert cold.runner_for(1) is cold.runner and cold.runner.backend == "onnx"
     many = [f"{t} {i}" for i in range(QUERY_TEXTS // len(TEXTS) + 1) for t in TEXTS]
     together = cold.encode(many)  # more than QUERY_TEXTS texts: the bulk runner
-    assert len(many) > QUERY_TEXTS and cold.runner_for(len(many)).backend == "torch"
-    assert cold.runner._session is None  # a bulk job never made the query runner's ONNX session
+    assert len(many) > QUERY_TEXTS and cold.runner_for(len(many)).backend == "torch" and cold.bulk_loaded
+    assert not cold.runner.started  # a bulk job never made the query runner's ONNX session
     alone = np.stack([cold.encode([t])[0] for t in many])
-    assert cold.runner._session is not None
+    assert cold.runner.started
     Encoder.clear_cache()
     query = Encoder.load(tiny_model, precision="fp32", backend="auto")
     query.encode(TEXTS[:1])
-    assert query._bulk_runner is None  # a query never loaded the bulk runner
+    assert not query.bulk_loaded  # a query never loaded the bulk runner
     np.testing.assert_allclose(together, alone, atol=1e-4)
 
 

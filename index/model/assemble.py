@@ -118,7 +118,6 @@ def torch_encoder(make: Make, request: EncoderConfig, name: str, path: str, prec
 def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, precision: str,
                     batch_size: int, device: str):
     from . import bert, direct, loading
-    from .torch_runner import TorchRunner
 
     hf_tokenizer, model = loading.load_model(name, path)
     num_layers = int(model.config.num_hidden_layers)
@@ -126,9 +125,8 @@ def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, pr
     fingerprint = loading.model_fingerprint(model, hf_tokenizer)  # of the whole model, before dropping layers
     model_cache.remember_fingerprint(path, fingerprint)
     layer = check_layer(request.layer, num_layers)
-    runner = TorchRunner(model, num_layers=num_layers, layer=layer, layer_index=layer % (num_layers + 1),
-                         pooling=request.pooling, device=device, precision="fp32",
-                         token_types="token_type_ids" in hf_tokenizer.model_input_names)
+    runner = _fp32_runner(model, num_layers, layer, request, device,
+                          token_types="token_type_ids" in hf_tokenizer.model_input_names)
     encoder = _torch_encoder(make, request, name, path, batch_size, runner, tokenizer, fingerprint, model.config)
     learn_direct = direct.possible(path) and model_cache.signature(path) is not None
     reference = encoder.encode(policy.PROBE_TEXTS, warn=False) if learn_direct else None  # fp32, the library's
@@ -141,9 +139,7 @@ def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, pr
     runner.lean = bert.choose_lean(model.config, runner.truncated, probe_vectors)
     if reference is not None and runner.lean:
         def vectors_of(direct_model):
-            twin = TorchRunner(direct_model, num_layers=num_layers, layer=layer,
-                               layer_index=layer % (num_layers + 1), pooling=request.pooling, device=device,
-                               precision="fp32", token_types=True)
+            twin = _fp32_runner(direct_model, num_layers, layer, request, device, token_types=True)
             twin.lean = True
             return _torch_encoder(make, request, name, path, batch_size, twin, tokenizer, fingerprint,
                                   model.config).encode(policy.PROBE_TEXTS, warn=False)
@@ -157,7 +153,15 @@ def library_encoder(make: Make, request: EncoderConfig, name: str, path: str, pr
 
 def direct_check(encoder) -> str:
     """The key of the probe vectors a direct build must reproduce: what shapes them besides the weights."""
-    return f"l{encoder.layer % (encoder.num_layers + 1)}-{encoder.pooling}-t{encoder.max_length}"
+    return f"l{encoder.layer_index}-{encoder.pooling}-t{encoder.max_length}"
+
+
+def _fp32_runner(model, num_layers: int, layer: int, request: EncoderConfig, device: str, token_types: bool):
+    """A TorchRunner of ``model`` in fp32, the layers above the pooled one dropped."""
+    from .torch_runner import TorchRunner
+
+    return TorchRunner(model, num_layers=num_layers, layer=layer, layer_index=layer % (num_layers + 1),
+                       pooling=request.pooling, device=device, precision="fp32", token_types=token_types)
 
 
 def direct_encoder(make: Make, request: EncoderConfig, name: str, path: str, precision: str,
@@ -168,15 +172,13 @@ def direct_encoder(make: Make, request: EncoderConfig, name: str, path: str, pre
     if record is None:
         return None
     from . import bert, direct
-    from .torch_runner import TorchRunner
 
     model = direct.load(path)
     if model is None:
         return None
     num_layers = model.config.num_hidden_layers
     layer = check_layer(request.layer, num_layers)
-    runner = TorchRunner(model, num_layers=num_layers, layer=layer, layer_index=layer % (num_layers + 1),
-                         pooling=request.pooling, device=device, precision="fp32", token_types=True)
+    runner = _fp32_runner(model, num_layers, layer, request, device, token_types=True)
     if not runner.truncated:  # pragma: no cover - DirectBert always has its layer list
         return None
     runner.lean = True

@@ -132,6 +132,11 @@ class Encoder:
         return self._bulk_runner
 
     @property
+    def bulk_loaded(self) -> bool:
+        """Whether a separate bulk runner was loaded (by a call of more than ``QUERY_TEXTS`` texts)."""
+        return self._bulk_runner is not None
+
+    @property
     def precision(self) -> str:
         """The precision of bulk encoding (the stored vectors); ``query_precision`` for queries."""
         if self._bulk_runner is not None:

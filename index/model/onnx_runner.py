@@ -39,6 +39,11 @@ class OnnxRunner:
         self.device = "cpu"
 
     @property
+    def started(self) -> bool:
+        """Whether the session was made (by a first run)."""
+        return self._session is not None
+
+    @property
     def session(self):
         if self._session is None:
             with self._making:
