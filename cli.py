@@ -691,21 +691,24 @@ def _snippet(text: str, width: int = 100) -> str:
 @click.option("--whiten-with", "whiten_with", default=None, type=click.Path(file_okay=False),
               help="Whiten the vectors with this index's transform, encoded by its model and layer (as its "
                    "FAISS vectors and queries are); without it, the method's raw vectors.")
+@click.option("--as-query", "as_query", is_flag=True,
+              help="Encode as search queries are encoded (the query path auto chose, no PyTorch import where "
+                   "that is ONNX Runtime); by default as an index stores documents (the bulk path), whatever "
+                   "the number of texts.")
 @source_options
 @quiet_option
 def embed(texts, input_path, model, layer, pooling, max_length, precision, backend, keep_hangul, batch_size,
-          whiten_with, id_field, text_field, fmt, strict, quiet) -> None:
+          whiten_with, as_query, id_field, text_field, fmt, strict, quiet) -> None:
     """Print sentence vectors as JSON lines: {"id": ..., "vector": [...]}, in input order.
 
     \b
     Example:
       semsearch embed "The bank raised its rates." "We sat on the river bank."
       semsearch embed --input sentences.txt --layer -1 > vectors.jsonl
-      semsearch embed "reset my password" --whiten-with my-index
+      semsearch embed "reset my password" --whiten-with my-index --as-query
     """
-    import numpy as np
-
     from index.model.encoder import Encoder
+    from index.model.vector_json import json_arrays
 
     if bool(texts) == bool(input_path):
         raise SemsearchError("give either TEXT arguments or --input FILE")
@@ -729,12 +732,14 @@ def embed(texts, input_path, model, layer, pooling, max_length, precision, backe
         encoder = Encoder.load(model, layer=layer, pooling=pooling, max_length=max_length,
                                batch_size=batch_size, precision=precision, backend=backend, keep_hangul=keep_hangul)
     progress = Progress("encoding texts", total=len(items), quiet=quiet)
-    vectors = encoder.encode([t for _, t in items], progress=progress)
+    vectors = encoder.encode([t for _, t in items], progress=progress, bulk=not as_query)
     progress.finish()
     if whiten is not None:
         vectors = whiten.apply(vectors)
-    for (item_id, _), vec in zip(items, vectors):
-        click.echo(_dump({"id": item_id, "vector": np.round(vec.astype(np.float64), 7).tolist()}))
+    for start in range(0, len(items), 1024):  # numbers written by numpy, lines written a chunk at a time
+        arrays = json_arrays(vectors[start : start + 1024])
+        click.echo("\n".join(f'{{"id": {_dump(item_id)}, "vector": {array}}}'
+                             for (item_id, _), array in zip(items[start : start + 1024], arrays)))
 
 
 @cli.command("doctor")

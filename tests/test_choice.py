@@ -265,6 +265,30 @@ def test_doctor_times_every_candidate_and_says_why(tiny_model, isolated_cache):
     assert "torch model: built from model.safetensors without transformers" in text.output
 
 
+def test_embed_prints_the_bulk_path_whatever_the_count_and_the_query_path_when_asked(
+        tiny_model, isolated_cache, torch_bulk_onnx_queries):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    def embed(*flags: str) -> tuple[list[float], Encoder]:
+        Encoder.clear_cache()
+        out = CliRunner().invoke(cli, ["embed", TEXTS[1], "--model", tiny_model, "--precision", "fp32",
+                                       "--backend", "auto", *flags])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout)["vector"], Encoder.load(tiny_model, precision="fp32", backend="auto")
+
+    stored, enc = embed()  # one text, encoded as an index stores it
+    assert enc.bulk_loaded and not enc.runner.started
+    query, enc = embed("--as-query")
+    assert not enc.bulk_loaded and enc.runner.started
+    want_stored = enc.encode([TEXTS[1]], bulk=True)[0]
+    np.testing.assert_allclose(stored, want_stored, atol=1e-7)
+    np.testing.assert_allclose(query, enc.encode([TEXTS[1]], bulk=False)[0], atol=1e-7)
+    many = TEXTS * (QUERY_TEXTS // len(TEXTS) + 1)
+    assert len(many) > QUERY_TEXTS and enc.runner_for(len(many), bulk=False) is enc.runner
+
+
 def test_bf16_as_asked_or_recorded_needs_no_measurement_and_answers_queries_on_the_graph(
         tiny_model, isolated_cache, monkeypatch):
     monkeypatch.setattr(auto, "measure", lambda *a, **k: pytest.fail("measured"))

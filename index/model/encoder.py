@@ -123,9 +123,10 @@ class Encoder:
         first use (so that a query process never loads it); ``runner`` keeps the single queries."""
         self._bulk, self._bulk_loader, self._bulk_runner = (backend, precision), loader, None
 
-    def runner_for(self, n_texts: int):
-        """The runner of a call with ``n_texts`` texts: the bulk one for batches, when there is one."""
-        if self._bulk is None or n_texts <= QUERY_TEXTS:
+    def runner_for(self, n_texts: int, bulk: bool | None = None):
+        """The runner of a call with ``n_texts`` texts: the bulk one for batches, when there is one.
+        ``bulk`` True or False chooses the bulk or the query runner whatever the count."""
+        if self._bulk is None or bulk is False or (bulk is None and n_texts <= QUERY_TEXTS):
             return self.runner
         if self._bulk_runner is None:
             self._bulk_runner = self._bulk_loader()
@@ -260,8 +261,11 @@ class Encoder:
 
     # --- encoding ---------------------------------------------------------------
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None,
-               warn: bool = True) -> np.ndarray:
+               warn: bool = True, bulk: bool | None = None) -> np.ndarray:
         """Vectors for whole texts (queries, short documents), truncated to ``max_length``.
+
+        ``bulk``: encode on the bulk runner (True), on the query runner (False), or by the
+        number of texts (None: more than ``QUERY_TEXTS`` is bulk); see ``runner_for``.
 
         A text longer than the window is truncated and a warning says so; use
         the index (which splits documents into passages) to keep every word.
@@ -277,10 +281,10 @@ class Encoder:
                 f"model window (first: text {long[0]}, {len(enc[long[0]])} tokens)",
                 stacklevel=2,
             )
-        return self.encode_ids([ids[: self.window] for ids in enc], progress=progress)
+        return self.encode_ids([ids[: self.window] for ids in enc], progress=progress, bulk=bulk)
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]],
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int], None] | None = None, bulk: bool | None = None) -> np.ndarray:
         """Vectors for pre-tokenised content ids (each at most ``window`` long), in input order.
 
         Inputs are sorted by length (longest first) and padded per batch, so
@@ -291,7 +295,7 @@ class Encoder:
         if n == 0:
             return out
         order = sorted(range(n), key=lambda i: -len(token_ids[i]))
-        runner = self.runner_for(n)
+        runner = self.runner_for(n, bulk)
         prefix, suffix = self.tokenizer.prefix, self.tokenizer.suffix
         for batch in self.batches(order, token_ids):
             seqs = [prefix + [int(t) for t in token_ids[i]] + suffix for i in batch]
