@@ -1368,9 +1368,13 @@ def faq_ask(ctx, question, index_path, questions_file, as_json, threshold, where
 @click.option("--apply", is_flag=True, help="When another layer reaches the target, rebuild the index with it and calibrate again.")
 @click.option("--fit-questions/--no-fit-questions", default=True, show_default=True,
               help="Where the index whitens, refit the whitening with these questions' texts first.")
+@click.option("--weigh-answers/--no-weigh-answers", default=True, show_default=True,
+              help="Also try scoring entries by the question's closeness to their answers, and keep the weight "
+                   "that answers the most at the target (0: questions alone).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply, fit_questions, as_json) -> None:
+def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply, fit_questions, weigh_answers,
+                  as_json) -> None:
     """Choose when the FAQ answers: the threshold (and margin) that reach a precision with the most answers.
 
     Stores the choice in the index; `faq ask`, the FAQ API and the server use it.
@@ -1386,7 +1390,7 @@ def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply
     if off_topic_file:
         labelled += read_off_topic(off_topic_file)
     report = calibrate_index(index_path, labelled, target, apply=apply, fit_questions=fit_questions,
-                             note=lambda line: click.echo(f"note: {line}", err=True))
+                             weigh_answers=weigh_answers, note=lambda line: click.echo(f"note: {line}", err=True))
     if as_json:
         click.echo(_dump(report.as_dict()))
     else:
@@ -1409,6 +1413,9 @@ def _print_calibration(report, index_path) -> None:
         click.echo(f"{index_path}: calibrated at layer {c.layer} for precision {c.target:.0%} "
                    f"({c.in_domain} in-domain, {c.off_topic} off-topic questions)")
         click.echo("  " + _rates_line(c))
+        if len(report.answered_by_weight) > 1:
+            tried = ", ".join(f"{w:g}: " + ("-" if a is None else f"{a:.1%}") for w, a in report.answered_by_weight.items())
+            click.echo(f"  answer weight {c.answer_weight:g} (answered at the target by weight: {tried})")
     else:
         click.echo(f"layer {report.layer} cannot reach precision {report.target:.0%}; the most precise setting:")
         click.echo("  " + _rates_line(report.top))

@@ -87,7 +87,12 @@ class FAQMatchModel(BaseModel):
     id: str = Field(description="The FAQ entry.")
     question: str = Field(description="The entry's question that matched best.")
     answer: str | None = Field(description="The entry's answer.")
-    score: float = Field(description="Cosine similarity of the two questions.")
+    score: float = Field(description="What the threshold is compared with: the cosine similarity of the two "
+                                     "questions, plus the calibrated answer weight times answer_score.")
+    question_score: float | None = Field(None, description="Cosine similarity of the two questions, where "
+                                                           "the calibration weighs answers.")
+    answer_score: float | None = Field(None, description="Cosine similarity of the question and the entry's "
+                                                         "answer, where the calibration weighs answers.")
 
 
 class FAQReply(BaseModel):
@@ -98,6 +103,7 @@ class FAQReply(BaseModel):
     calibrated: bool = Field(description="False when the index has no calibration for its model and layer.")
     threshold: float = Field(description="The score threshold in force.")
     margin: float = Field(description="The top-1 minus top-2 score margin in force.")
+    answer_weight: float = Field(0.0, description="The weight of answer_score in score (0: questions alone).")
 
 
 class EmbedBody(BaseModel):

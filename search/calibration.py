@@ -65,13 +65,18 @@ class Calibration:
     pooling: str
     model_fingerprint: str
     calibrated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    # The weight of a question's closeness to an entry's answer in the score (search.faq_answers);
+    # 0, as in every calibration made before it existed: the question alone.
+    answer_weight: float = 0.0
 
     @classmethod
-    def from_rates(cls, rates: Rates, target: float, config: dict[str, Any]) -> "Calibration":
+    def from_rates(cls, rates: Rates, target: float, config: dict[str, Any],
+                   answer_weight: float = 0.0) -> "Calibration":
         return cls(threshold=rates.threshold, margin=rates.margin, target=target, answered=rates.answered,
                    precision=rates.precision, off_topic_answered=rates.off_topic_answered,
                    in_domain=rates.in_domain, off_topic=rates.off_topic, layer=int(config["layer"]),
-                   pooling=str(config["pooling"]), model_fingerprint=str(config["model_fingerprint"]))
+                   pooling=str(config["pooling"]), model_fingerprint=str(config["model_fingerprint"]),
+                   answer_weight=float(answer_weight))
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> "Calibration":

@@ -12,8 +12,10 @@ several questions (paraphrases) and any index built by ``semsearch index
 build`` from such a file works too. Whether the best match is good enough
 is decided by the calibration stored in the index (``semsearch faq
 calibrate``: a threshold and a top-1/top-2 margin measured on labelled
-questions); an uncalibrated index uses ``DEFAULT_THRESHOLD``, or
-``WHITENED_DEFAULT_THRESHOLD`` where it whitens its vectors.
+questions, and the weight of the question's closeness to each entry's
+answer: ``faq_answers``); an uncalibrated index scores questions alone and
+uses ``DEFAULT_THRESHOLD``, or ``WHITENED_DEFAULT_THRESHOLD`` where it
+whitens its vectors.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from index.errors import SemsearchError
 from index.indexer import Index
 from index.storage.whitened import FIT as WHITENING_FIT
 
 from .calibration import SETTING, Calibration, Observation, answers
+from .faq_answers import AnswerVectors
 from .searcher import Hit, Searcher, SearchRequest
 
 # Uncalibrated default: with the embedded model at layer -2 on StackFAQ, every correctly matched
@@ -45,11 +50,26 @@ class FAQMatch:
     id: str  # the FAQ entry
     question: str  # the entry's question that matched best
     answer: str | None
-    score: float
+    score: float  # what the decision compares: question_score, plus the answer weight times answer_score
     metadata: dict[str, Any] = field(default_factory=dict)
+    question_score: float | None = None  # cosine of the two questions (None: score is that)
+    answer_score: float | None = None  # cosine of the question and the entry's answer, where weighed
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "question": self.question, "answer": self.answer, "score": self.score}
+        out = {"id": self.id, "question": self.question, "answer": self.answer, "score": self.score}
+        if self.answer_score is not None:
+            out.update(question_score=self.question_score, answer_score=self.answer_score)
+        return out
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When the FAQ answers: ``threshold`` and ``margin`` on the scores, weighing answers by ``answer_weight``."""
+
+    threshold: float
+    margin: float
+    calibrated: bool
+    answer_weight: float = 0.0
 
 
 @dataclass
@@ -62,6 +82,7 @@ class FAQAnswer:
     calibrated: bool = False
     threshold: float = DEFAULT_THRESHOLD
     margin: float = 0.0
+    answer_weight: float = 0.0
 
     def __bool__(self) -> bool:
         return self.match is not None
@@ -74,7 +95,8 @@ class FAQAnswer:
         return {"question": self.question, "confident": self.confident,
                 "match": self.match.as_dict() if self.match else None,
                 "runners_up": [m.as_dict() for m in self.runners_up],
-                "calibrated": self.calibrated, "threshold": self.threshold, "margin": self.margin}
+                "calibrated": self.calibrated, "threshold": self.threshold, "margin": self.margin,
+                "answer_weight": self.answer_weight}
 
 
 def faq_documents(pairs: Iterable[Any]) -> Iterable[dict[str, Any]]:
@@ -121,6 +143,7 @@ class FAQ:
         self.threshold = threshold
         self.margin = margin
         self.runners_up = runners_up
+        self.answer_vectors = AnswerVectors()
 
     @classmethod
     def build(cls, path: str | os.PathLike, pairs: Iterable[Any], *, force: bool = False,
@@ -140,15 +163,15 @@ class FAQ:
         calibration = Calibration.from_dict(stored)
         return calibration if calibration.holds_for(config) else None
 
-    def policy(self) -> tuple[float, float, bool]:
-        """``(threshold, margin, calibrated)`` in force."""
+    def policy(self) -> Policy:
+        """The threshold, margin and answer weight in force (a threshold given to the FAQ: questions alone)."""
         if self.threshold is not None:
-            return self.threshold, self.margin or 0.0, False
+            return Policy(self.threshold, self.margin or 0.0, False)
         config = self.searcher.index.config  # one read of the index's settings per decision
         calibration = self.calibration(config)
         if calibration is None:
-            return default_threshold(config), self.margin or 0.0, False
-        return calibration.threshold, calibration.margin, True
+            return Policy(default_threshold(config), self.margin or 0.0, False)
+        return Policy(calibration.threshold, calibration.margin, True, calibration.answer_weight)
 
     @property
     def depth(self) -> int:
@@ -166,36 +189,64 @@ class FAQ:
                                        metadata=h.metadata)
         return list(seen.values())
 
-    def decide(self, question: str, hits: Sequence[Hit]) -> FAQAnswer:
-        """The answer for ``question`` given its hits (best first)."""
-        threshold, margin, calibrated = self.policy()
+    def weigh_answers(self, matches: list[FAQMatch], vector: np.ndarray, weight: float) -> list[FAQMatch]:
+        """``matches`` scored ``question_score + weight * answer_score`` and sorted by that, best first
+        (``vector``: the question's raw vector, as its search encoded it; an entry without an answer
+        is compared by its question)."""
+        if not matches:
+            return matches
+        with self.searcher.index.snapshot() as snap:
+            query = snap.whiten(np.asarray(vector, dtype=np.float32))
+            close = self.answer_vectors.vectors(snap, [m.answer or m.question for m in matches]) @ query
+        for m, a in zip(matches, close.tolist()):
+            m.question_score = m.score if m.question_score is None else m.question_score
+            m.answer_score = a
+            m.score = m.question_score + weight * a
+        return sorted(matches, key=lambda m: -m.score)
+
+    def decide(self, question: str, hits: Sequence[Hit], vector: np.ndarray | None = None) -> FAQAnswer:
+        """The answer for ``question`` given its hits (best first) and, where the calibration weighs
+        answers, its raw vector (``SearchOutcome.vector``; None: encoded again)."""
+        policy = self.policy()
         matches = self.entries(hits)
+        if policy.answer_weight and matches:
+            if vector is None:
+                vector = self.searcher.encoder.encode([question], warn=False, bulk=False)[0]
+            matches = self.weigh_answers(matches, vector, policy.answer_weight)
         top = matches[0].score if matches else float("-inf")
         second = matches[1].score if len(matches) > 1 else -1.0
-        if matches and answers(Observation(top, second, None), threshold, margin):
-            return FAQAnswer(question, matches[0], matches[1 : 1 + self.runners_up], calibrated, threshold, margin)
-        return FAQAnswer(question, None, matches[: self.runners_up], calibrated, threshold, margin)
+        common = (policy.calibrated, policy.threshold, policy.margin, policy.answer_weight)
+        if matches and answers(Observation(top, second, None), policy.threshold, policy.margin):
+            return FAQAnswer(question, matches[0], matches[1 : 1 + self.runners_up], *common)
+        return FAQAnswer(question, None, matches[: self.runners_up], *common)
 
     def answer(self, question: str, where: Mapping[str, Any] | None = None) -> FAQAnswer:
         """The best FAQ entry for ``question`` if the FAQ is confident of it, and the runners-up
         (``where``: only entries whose metadata match that filter). Thresholds are on cosine
         scores, so FAQ searches are vector-only even on a hybrid index."""
-        return self.decide(question, self.searcher.search(question, k=self.depth, where=where, hybrid=False))
+        reply = self.answer_many([question], where=where)[0]
+        if isinstance(reply, str):
+            raise SemsearchError(reply)
+        return reply
 
     def answer_many(self, questions: Sequence[str], where: Mapping[str, Any] | None = None) -> list[FAQAnswer | str]:
         """:meth:`answer` for many questions at once; an unusable question gets its error message."""
         outcomes = self.searcher.search_batch([SearchRequest(q, self.depth, where, hybrid=False) for q in questions])
-        return [o.error if o.error is not None else self.decide(o.query, o.hits or []) for o in outcomes]
+        return [o.error if o.error is not None else self.decide(o.query, o.hits or [], o.vector) for o in outcomes]
 
-    def top_two(self, questions: Sequence[str]) -> list[tuple[str | None, float, float]]:
-        """``(best entry, its score, the runner-up's score)`` of each question (for calibration)."""
+    def candidates(self, questions: Sequence[str], answers_too: bool = True) -> list[list[FAQMatch]]:
+        """Each question's candidate entries (``depth`` documents), best question first, with their
+        ``question_score`` and, with ``answers_too``, ``answer_score`` (for calibration)."""
         out = []
-        for outcome in self.searcher.search_batch([SearchRequest(q, 2 * DOCUMENTS_PER_ENTRY, hybrid=False) for q in questions]):
+        for outcome in self.searcher.search_batch([SearchRequest(q, self.depth, hybrid=False) for q in questions]):
             if outcome.error is not None:
                 raise SemsearchError(f"question {outcome.query!r}: {outcome.error}")
             matches = self.entries(outcome.hits or [])
-            out.append((matches[0].id if matches else None, matches[0].score if matches else -1.0,
-                        matches[1].score if len(matches) > 1 else -1.0))
+            for m in matches:
+                m.question_score = m.score
+            if answers_too:
+                self.weigh_answers(matches, outcome.vector, 0.0)
+            out.append(matches)
         return out
 
 

@@ -1,8 +1,10 @@
 """Calibrating a FAQ index on labelled questions, and measuring the alternatives when it falls short.
 
-``calibrate_index`` observes each labelled question's two best FAQ entries,
-chooses the threshold and margin that answer the most in-domain questions at
-the target precision (``calibration.choose``) and stores them in the index.
+``calibrate_index`` observes each labelled question's candidate FAQ entries,
+chooses the threshold, margin and answer weight (``faq_answers``) that answer
+the most in-domain questions at the target precision (``calibration.choose``
+for each weight) and stores them in the index. The answer weight is chosen on
+these questions alone; the other layers below are measured on questions alone.
 When the index's layer and pooling cannot reach the target, or reach it
 answering fewer than 90% of the in-domain questions, it measures the other
 layers on the same questions (exact search over the FAQ's questions encoded
@@ -27,8 +29,10 @@ from index.errors import InputError, SemsearchError
 from index.indexer import Index
 from index.storage import whitened
 
+from . import faq_crossfit
 from .calibration import SETTING, Calibration, Observation, Rates, choose
-from .faq import FAQ
+from .faq import FAQ, FAQMatch
+from .faq_answers import WEIGHTS
 from .searcher import Searcher
 
 LAYERS = (-2, -1)  # the layers measured as alternatives (the tutorial's and the fine-tuned one)
@@ -64,6 +68,7 @@ class CalibrationReport:
     alternatives: list[Alternative] = field(default_factory=list)
     applied: str | None = None  # the rebuild that was performed
     fitted_questions: int = 0  # the questions the whitening was refitted with first (0: not refitted)
+    answered_by_weight: dict[float, float | None] = field(default_factory=dict)  # at the target; None: not reached
 
     @property
     def reached(self) -> bool:
@@ -73,7 +78,8 @@ class CalibrationReport:
         return {"target": self.target, "layer": self.layer, "reached": self.reached,
                 "calibration": self.calibration.as_dict() if self.calibration else None,
                 "most_precise": self.top.as_dict(), "alternatives": [a.as_dict() for a in self.alternatives],
-                "applied": self.applied, "fitted_questions": self.fitted_questions}
+                "applied": self.applied, "fitted_questions": self.fitted_questions,
+                "answered_by_weight": {str(w): a for w, a in self.answered_by_weight.items()}}
 
 
 def read_labelled(path: str | os.PathLike) -> list[LabelledQuestion]:
@@ -107,13 +113,59 @@ def read_off_topic(path: str | os.PathLike) -> list[LabelledQuestion]:
     return [LabelledQuestion(line.strip(), None) for line in text.splitlines() if line.strip()]
 
 
-def observe_faq(faq: FAQ, labelled: Sequence[LabelledQuestion], batch: int = 128) -> list[Observation]:
-    out = []
+def candidates(faq: FAQ, labelled: Sequence[LabelledQuestion], answers_too: bool,
+               batch: int = 128) -> list[list[FAQMatch]]:
+    """Each labelled question's candidate entries with their question (and answer) scores."""
+    out: list[list[FAQMatch]] = []
     for start in range(0, len(labelled), batch):
-        chunk = labelled[start : start + batch]
-        for item, (best, top, second) in zip(chunk, faq.top_two([q.question for q in chunk])):
-            out.append(Observation(top, second, None if item.faq_id is None else best == item.faq_id))
+        out += faq.candidates([q.question for q in labelled[start : start + batch]], answers_too)
     return out
+
+
+def observations(labelled: Sequence[LabelledQuestion], found: Sequence[Sequence[FAQMatch]],
+                 weight: float) -> list[Observation]:
+    """What a FAQ weighing answers by ``weight`` sees of each question: its two best entries' scores."""
+    out = []
+    for item, matches in zip(labelled, found):
+        scored = sorted(((m.question_score + weight * (m.answer_score or 0.0), m.id) for m in matches),
+                        key=lambda s: -s[0])  # stable: ties keep the question ranking
+        top, best = scored[0] if scored else (-1.0, None)
+        second = scored[1][0] if len(scored) > 1 else -1.0
+        out.append(Observation(top, second, None if item.faq_id is None else best == item.faq_id))
+    return out
+
+
+def observe_faq(faq: FAQ, labelled: Sequence[LabelledQuestion], weight: float | None = None) -> list[Observation]:
+    """The observations of ``labelled`` with the FAQ's answer weight (or ``weight``)."""
+    weight = faq.policy().answer_weight if weight is None else weight
+    return observations(labelled, candidates(faq, labelled, answers_too=weight > 0), weight)
+
+
+def observe_weights(faq: FAQ, labelled: Sequence[LabelledQuestion],
+                    weights: Sequence[float]) -> dict[float, list[Observation]]:
+    """The observations of ``labelled`` for each answer weight (only 0 where no candidate has an answer);
+    where the index's whitening fit holds recorded questions, each scored out of fold (``faq_crossfit``)."""
+    answers_too = any(w > 0 for w in weights)
+    if faq_crossfit.holds_questions(faq.searcher.index.config):  # scored as new questions meet the fit
+        found = faq_crossfit.out_of_fold_candidates(faq.searcher.index, [q.question for q in labelled],
+                                                    faq.depth, answers_too)
+    else:
+        found = candidates(faq, labelled, answers_too=answers_too)
+    if not any(m.answer for matches in found for m in matches):
+        weights = [w for w in weights if w == 0] or [0.0]
+    return {w: observations(labelled, found, w) for w in weights}
+
+
+def best_weight(observed: dict[float, list[Observation]], target: float
+                ) -> tuple[float, Rates | None, Rates, dict[float, float | None]]:
+    """``(weight, its best setting or None, its most precise setting, answered at the target per
+    weight)``: the weight whose best setting answers the most (ties: the smaller weight; where none
+    reaches the target, the smallest weight and its most precise setting)."""
+    chosen = {w: choose(observed[w], target) for w in sorted(observed)}
+    answered = {w: (b.answered if b is not None else None) for w, (b, _) in chosen.items()}
+    reaching = [w for w, (b, _) in chosen.items() if b is not None]
+    weight = max(reaching, key=lambda w: (chosen[w][0].answered, -w)) if reaching else min(chosen)
+    return weight, chosen[weight][0], chosen[weight][1], answered
 
 
 def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]) -> list[Observation]:
@@ -168,8 +220,9 @@ def fit_questions_into(index: Index, labelled: Sequence[LabelledQuestion]) -> in
 
 def calibrate_index(path: str | os.PathLike, labelled: Sequence[LabelledQuestion], target: float = 0.95,
                     apply: bool = False, note: Callable[[str], None] | None = None,
-                    fit_questions: bool = True) -> CalibrationReport:
-    """Choose and store the threshold and margin that reach ``target`` precision on ``labelled``
+                    fit_questions: bool = True, weigh_answers: bool = True) -> CalibrationReport:
+    """Choose and store the threshold, margin and answer weight (``faq_answers.WEIGHTS``; only 0
+    unless ``weigh_answers``) that reach ``target`` precision on ``labelled`` answering the most
     (first refitting a whitened index with their texts, unless ``fit_questions`` is False)."""
     if not 0 < target <= 1:
         raise SemsearchError(f"the target precision must be above 0 and at most 1 (got {target})")
@@ -181,12 +234,14 @@ def calibrate_index(path: str | os.PathLike, labelled: Sequence[LabelledQuestion
         note(f"refitted the whitening with the {fitted} calibration questions (their texts, not their labels)")
     faq = FAQ(Searcher(index))
     layer = int(index.config["layer"])
-    best, top = choose(observe_faq(faq, labelled), target)
+    weight, best, top, per_weight = best_weight(observe_weights(faq, labelled, WEIGHTS if weigh_answers else (0.0,)),
+                                                target)
     calibration = None
     if best is not None:
-        calibration = Calibration.from_rates(best, target, index.config)
+        calibration = Calibration.from_rates(best, target, index.config, answer_weight=weight)
         index.set_setting(SETTING, calibration.as_dict())
-    report = CalibrationReport(target, layer, calibration, top, fitted_questions=fitted)
+    report = CalibrationReport(target, layer, calibration, top, fitted_questions=fitted,
+                               answered_by_weight=per_weight)
     if best is not None and best.answered >= ANSWERS_ENOUGH:
         return report
     for other in (L for L in LAYERS if L != layer):
@@ -203,7 +258,8 @@ def calibrate_index(path: str | os.PathLike, labelled: Sequence[LabelledQuestion
         if note:
             note(f"rebuilding the index with layer {winners[0].layer}, then calibrating again")
         index.rebuild(layer=winners[0].layer)
-        again = calibrate_index(path, labelled, target, apply=False, note=note, fit_questions=fit_questions)
+        again = calibrate_index(path, labelled, target, apply=False, note=note, fit_questions=fit_questions,
+                                weigh_answers=weigh_answers)
         again.applied, again.alternatives = winners[0].command, report.alternatives
         return again
     return report

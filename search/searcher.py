@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -69,6 +69,7 @@ class SearchOutcome:
     query: str
     hits: list[Hit] | None = None
     error: str | None = None
+    vector: np.ndarray | None = field(default=None, repr=False)  # the query's raw vector, as searched with
 
     def as_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -158,6 +159,7 @@ class Searcher:
                 if vectors[row] is None:
                     outcomes[i].error = "this query could not be embedded"
                     continue
+                outcomes[i].vector = vectors[row]
                 try:
                     if self.uses_hybrid(snap, r.hybrid):
                         outcomes[i].hits = self._search_hybrid(snap, [r.query], vectors[row][None, :], r.k, r.where)[0]

@@ -104,7 +104,7 @@ def make_runner(index_path: Path):
             if w.kind == "search" or outcome.error is not None:
                 results[i] = outcome
             else:
-                results[i] = faq.decide(outcome.query, outcome.hits or [])
+                results[i] = faq.decide(outcome.query, outcome.hits or [], outcome.vector)
         for i, w in enumerate(items):
             if w.kind == "info":
                 results[i] = searcher.index.info().as_dict()

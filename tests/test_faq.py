@@ -116,7 +116,7 @@ def test_an_unreachable_target_measures_the_other_layer_and_can_apply_it(faq_ind
         good = int(faq.searcher.index.config["layer"]) == -1
         return [Observation(0.9, 0.2, good or i % 2 == 0) for i, _ in enumerate(labelled)]
 
-    monkeypatch.setattr(faq_tuning, "observe_faq", observe)
+    monkeypatch.setattr(faq_tuning, "observe_weights", lambda faq, labelled, weights: {0.0: observe(faq, labelled)})
     monkeypatch.setattr(faq_tuning, "observe_layer",
                         lambda index, layer, labelled: [Observation(0.9, 0.2, True) for _ in labelled])
     report = faq_tuning.calibrate_index(faq_index, LABELLED, 0.95)
@@ -159,8 +159,8 @@ def test_faq_commands(tiny_model, tmp_path):
 
 
 def test_faq_calibrate_exits_1_and_names_the_rebuild_when_out_of_reach(faq_index, monkeypatch, tmp_path):
-    monkeypatch.setattr(faq_tuning, "observe_faq",
-                        lambda faq, labelled: [Observation(0.9, 0.2, i % 2 == 0) for i, _ in enumerate(labelled)])
+    monkeypatch.setattr(faq_tuning, "observe_weights", lambda faq, labelled, weights: {
+        0.0: [Observation(0.9, 0.2, i % 2 == 0) for i, _ in enumerate(labelled)]})
     monkeypatch.setattr(faq_tuning, "observe_layer",
                         lambda index, layer, labelled: [Observation(0.9, 0.2, True) for _ in labelled])
     labelled = tmp_path / "labelled.jsonl"
@@ -193,7 +193,7 @@ def test_a_calibration_that_answers_few_also_measures_the_other_layer(faq_index,
             return [Observation(0.9, 0.2, True) for _ in labelled]
         return [Observation(0.9 if i % 2 else 0.5, 0.2, bool(i % 2)) for i, _ in enumerate(labelled)]
 
-    monkeypatch.setattr(faq_tuning, "observe_faq", observe)
+    monkeypatch.setattr(faq_tuning, "observe_weights", lambda faq, labelled, weights: {0.0: observe(faq, labelled)})
     monkeypatch.setattr(faq_tuning, "observe_layer",
                         lambda index, layer, labelled: [Observation(0.9, 0.2, True) for _ in labelled])
     report = faq_tuning.calibrate_index(faq_index, LABELLED, 0.95)

@@ -127,12 +127,34 @@ def test_faq_answer_and_not_sure(server):
     unsure = httpx.post(f"{url}/faq/answer", json={"question": "reset my password please"}).json()
     assert unsure["confident"] is False and unsure["match"] is None and len(unsure["runners_up"]) == 3
     assert unsure["calibrated"] is True and unsure["threshold"] == 0.9999
-    assert set(sure) == {"question", "confident", "match", "runners_up", "calibrated", "threshold", "margin"}
+    assert set(sure) == {"question", "confident", "match", "runners_up", "calibrated", "threshold", "margin",
+                         "answer_weight"}
     only = {"faq_id": {"$ne": "pw"}}  # a filter: the entry that would answer is left out
     other = httpx.post(f"{url}/faq/answer", json={"question": "how do i reset my password", "where": only}).json()
     assert other["confident"] is False and other["runners_up"] and all(m["id"] != "pw" for m in other["runners_up"])
     bad = httpx.post(f"{url}/faq/answer", json={"question": "x", "where": {"faq_id": {"$bad": 1}}})
     assert bad.status_code == 422 and "where.faq_id.$bad" in bad.json()["error"]
+
+
+def test_a_calibration_that_weighs_answers_answers_as_the_library_does(server):
+    url, _, index = server
+    from search import FAQ as FAQBot
+    from search.calibration import SETTING, Calibration, Rates
+
+    with Index.open(index) as idx:
+        rates = Rates(0.2, 0.0, 0.5, 1.0, 0.0, 10, 10)
+        idx.set_setting(SETTING, Calibration.from_rates(rates, 0.95, idx.config, answer_weight=0.4).as_dict())
+    for question in ("reset my password please", "where do i find the invoice", "forgot password link"):
+        served = httpx.post(f"{url}/faq/answer", json={"question": question}).json()
+        local = FAQBot(index).answer(question).as_dict()
+        assert served["answer_weight"] == local["answer_weight"] == 0.4
+        assert [m["id"] for m in served["runners_up"]] == [m["id"] for m in local["runners_up"]]
+        for a, b in zip([served["match"], *served["runners_up"]], [local["match"], *local["runners_up"]]):
+            if a is None or b is None:
+                assert a is b is None
+                continue
+            assert a["score"] == pytest.approx(a["question_score"] + 0.4 * a["answer_score"], abs=1e-6)
+            assert (a["score"], a["answer_score"]) == pytest.approx((b["score"], b["answer_score"]), abs=1e-5)
 
 
 def test_embed_gives_the_index_encoders_vectors(server):

@@ -47,7 +47,7 @@ MAX_QUESTIONS = 5000
 
 _cache: dict[str, Whitening] = {}  # sha256 -> transform, a few per process
 _background: dict[Any, np.ndarray] = {}  # encoder configuration -> the background sample's vectors
-_questions: dict[Any, np.ndarray] = {}  # (encoder configuration, the texts) -> their vectors
+_questions: dict[Any, dict[str, np.ndarray]] = {}  # encoder configuration -> {text: its vector}
 
 
 def configuration(mode: str | None = None, dims: int | None = None) -> dict[str, Any]:
@@ -147,13 +147,15 @@ def background_vectors(encoder) -> np.ndarray:
 
 
 def question_vectors(encoder, texts: list[str]) -> np.ndarray:
-    """The recorded questions encoded by ``encoder`` (once per configuration and texts per process)."""
-    key = (encoder.config, tuple(texts))
-    if key not in _questions:
-        if len(_questions) > 4:
-            _questions.clear()
-        _questions[key] = encoder.encode(texts, warn=False)
-    return _questions[key]
+    """The recorded questions encoded by ``encoder``, each text once per configuration and process
+    (a calibration's out-of-fold fits ask for subsets of them: ``search.faq_crossfit``)."""
+    if encoder.config not in _questions and len(_questions) > 4:
+        _questions.clear()
+    known = _questions.setdefault(encoder.config, {})
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if missing:
+        known.update(zip(missing, encoder.encode(missing, warn=False)))
+    return np.stack([known[t] for t in texts]) if texts else np.zeros((0, encoder.dimension), np.float32)
 
 
 def sample(store: MetadataStore, dimension: int, passages: int, next_table: bool = False) -> np.ndarray:
