@@ -155,6 +155,29 @@ def test_bf16_stays_close_to_fp32(tiny_model):
     assert (fp32 * bf16).sum(axis=1).min() > 0.99
 
 
+def test_bf16_attends_in_fp32_for_short_batches_only(tiny_model, monkeypatch):
+    from index.model import bert
+
+    seen: list[tuple[int, torch.dtype]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.shape[2], q.dtype))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    enc = Encoder.load(tiny_model, precision="bf16")
+    if not enc.runner.lean:
+        pytest.skip("the lean pass is not in use for this model")
+    fp32 = Encoder.load(tiny_model).encode(["a short one", "the bank " * 30])
+    seen.clear()
+    bf16 = enc.encode(["a short one", "the bank " * 30])
+    widths = {t: dtype for t, dtype in seen}
+    assert {t for t in widths if t <= bert.SHORT_ATTENTION} and {t for t in widths if t > bert.SHORT_ATTENTION}
+    assert all((dtype == torch.float32) == (t <= bert.SHORT_ATTENTION) for t, dtype in widths.items())
+    assert (fp32 * bf16).sum(axis=1).min() > 0.99
+
+
 def test_fp16_on_cpu_is_refused(tiny_model):
     with pytest.raises(SemsearchError, match="fp16"):
         Encoder.load(tiny_model, precision="fp16", device="cpu")
