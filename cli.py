@@ -459,6 +459,42 @@ def index_rebuild(index_path, model, layer, pooling, max_length, precision, back
                f"{index.info().vector_index} index, in {result.seconds:.1f} s", err=True)
 
 
+@index_group.command("fit-queries")
+@click.argument("queries", required=False, type=click.Path(allow_dash=True))
+@index_option
+@click.option("--clear", is_flag=True, help="Forget the recorded queries (and give no QUERIES).")
+@click.option("--text-field", default=None, help="The JSONL field of the query text (default: text, question or query).")
+@wait_option
+def index_fit_queries(queries, index_path, clear, text_field, wait) -> None:
+    """Refit the index's whitening with sample queries: texts of questions its users ask.
+
+    QUERIES: one a line, or JSONL with a text field (BEIR queries files and `faq calibrate` question files work
+    as they are; only the texts are read, never labels; - reads standard input). They replace any recorded before and are pooled into every later fit;
+    nothing is encoded but them. Measured: SciFact's 809 non-test claims lifted its 300 test claims'
+    nDCG@10 from 0.517 to 0.570 (docs/quality.md).
+
+    \b
+    Example:
+      semsearch index fit-queries past-queries.txt --index my-index
+      semsearch index fit-queries --clear --index my-index
+    """
+    from index.indexer import Index
+    from index.query_sample import read_queries, record_queries
+
+    if clear == bool(queries):
+        raise SemsearchError("give a QUERIES file, or --clear to forget the recorded queries")
+    texts: list[str] = []
+    if not clear:
+        texts = read_queries(queries, text_field)
+        if not texts:
+            raise SemsearchError(f"{queries}: no query text found (use --clear to forget the recorded ones)")
+    index = Index.open(index_path, wait=wait)
+    recorded = record_queries(index, texts)
+    fit = index.config.get("whitening_fit") or {}
+    click.echo(f"{index_path}: {recorded} sample queries recorded; whitening refitted on {fit.get('source', '?')}",
+               err=True)
+
+
 @index_group.command("info")
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -27,6 +27,7 @@ import numpy as np
 
 from index.errors import InputError, SemsearchError
 from index.indexer import Index
+from index.query_sample import record_queries
 from index.storage import whitened
 
 from . import faq_crossfit
@@ -203,19 +204,11 @@ def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]
 
 def fit_questions_into(index: Index, labelled: Sequence[LabelledQuestion]) -> int:
     """Record the questions' texts for the index's whitening and refit it with them, where the index
-    whitens; returns how many were recorded (0: it does not whiten, nothing changed)."""
-    config = index.config  # one read of the index's settings
-    if not (config.get(whitened.FIT) or {}).get("whiten"):
+    whitens (``index.query_sample``); returns how many were recorded (0: it does not whiten, nothing
+    changed)."""
+    if not (index.config.get(whitened.FIT) or {}).get("whiten"):
         return 0
-    texts = sorted({q.question.strip() for q in labelled if q.question.strip()})
-    if len(texts) > whitened.MAX_QUESTIONS:  # a fixed sample: the same questions give the same fit
-        picked = np.random.default_rng(0).choice(len(texts), whitened.MAX_QUESTIONS, replace=False)
-        texts = [texts[i] for i in sorted(picked)]
-    if config.get(whitened.QUESTIONS) != texts:
-        with index.session() as writer:
-            writer.record({whitened.QUESTIONS: texts})
-            writer.refit(force=True)
-    return len(texts)
+    return record_queries(index, [q.question for q in labelled])
 
 
 def calibrate_index(path: str | os.PathLike, labelled: Sequence[LabelledQuestion], target: float = 0.95,
