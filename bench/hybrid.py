@@ -13,6 +13,7 @@ again) and its size on disk. Prints the CPU, a table and one JSON line.
     python bench/hybrid.py                                  # both datasets, indexes in a temporary folder
     python bench/hybrid.py --work /tmp/hyb --datasets stackfaq --precision fp32
     python bench/hybrid.py --work /tmp/hyb                  # reuses the indexes already there
+    python bench/hybrid.py --layer -2 --fit-queries         # SciFact's 809 training claims in the whitening fit
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ sys.path.insert(0, str(ROOT))
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 from index import Index  # noqa: E402
+from index.query_sample import record_queries  # noqa: E402
 from index.ingest.sources import read_documents  # noqa: E402
 from index.lexical.bm25 import LexicalIndex, bm25_folders  # noqa: E402
 from index.storage.folder import is_index  # noqa: E402
+from search.beir import load_qrels, load_queries  # noqa: E402
 from search.evaluation import evaluate_index, format_table, plan_evaluation  # noqa: E402
 from search.searcher import Searcher  # noqa: E402
 
@@ -75,9 +78,21 @@ def open_or_build(path: Path, corpus: Path, layer: int, precision: str | None) -
     return index, time.monotonic() - started
 
 
-def measure(name: str, data: Path, work: Path, layer: int, precision: str | None) -> dict:
+def record_past_queries(index: Index, folder: Path, fit_queries: bool) -> int:
+    """With ``fit_queries``, the dataset's queries that its test qrels do not judge (SciFact's 809
+    training claims; StackFAQ has none) recorded for the whitening fit (``index fit-queries``);
+    without, none. Returns how many are recorded."""
+    if not (index.config.get("whitening_fit") or {}).get("whiten"):
+        return 0
+    judged = set(load_qrels(folder / "qrels" / "test.tsv"))
+    past = [q.text for q in load_queries(folder / "queries.jsonl") if q.id not in judged] if fit_queries else []
+    return record_queries(index, past)
+
+
+def measure(name: str, data: Path, work: Path, layer: int, precision: str | None, fit_queries: bool) -> dict:
     folder = data / name
     index, build_s = open_or_build(work / name, folder / "corpus.jsonl", layer, precision)
+    recorded_queries = record_past_queries(index, folder, fit_queries)
     docs, passages = index.store.counts()
     with index.store.transaction(immediate=False):
         started = time.monotonic()
@@ -100,13 +115,13 @@ def measure(name: str, data: Path, work: Path, layer: int, precision: str | None
     recorded = index.info()
     print(f"\n{name}: {docs:,} documents, {passages:,} passages, layer {layer}, bulk {recorded.bulk}, "
           f"queries {recorded.query}, "
-          f"{len(plan.queries)} queries")
+          f"{len(plan.queries)} queries; whitening: {(index.config.get('whitening_fit') or {}).get('source', 'none')}")
     print(format_table([(mode, r) for mode, r in results.items()]))
     print(f"BM25 index: built in {bm25_build_s:.2f} s, saved in {bm25_save_s:.2f} s, {bm25_bytes / 1e6:.1f} MB")
     return {
         "dataset": name, "documents": docs, "passages": passages, "layer": layer,
         "precision": index.config["precision"], "bulk": recorded.bulk, "query": recorded.query,
-        "queries": len(plan.queries),
+        "queries": len(plan.queries), "recorded_queries": recorded_queries,
         "index_build_s": None if build_s is None else round(build_s, 1),
         "bm25_build_s": round(bm25_build_s, 3), "bm25_save_s": round(bm25_save_s, 3), "bm25_bytes": bm25_bytes,
         **{f"{mode}_ndcg@10": round(r.ndcg_at_10, 4) for mode, r in results.items()},
@@ -123,6 +138,9 @@ def main() -> None:
                         "default: a temporary folder")
     parser.add_argument("--layer", type=int, default=-1)
     parser.add_argument("--precision", default=None, help="Encoding precision (default: the product's auto).")
+    parser.add_argument("--fit-queries", action="store_true",
+                        help="Record each dataset's queries outside its test qrels for the whitening fit first "
+                             "(SciFact's training claims; `index fit-queries`); without it, any recorded are cleared")
     parser.add_argument("--quick", action="store_true", help="StackFAQ only (125 documents): a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -131,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        rows = [measure(name, args.data, work, args.layer, args.precision) for name in args.datasets]
+        rows = [measure(name, args.data, work, args.layer, args.precision, args.fit_queries) for name in args.datasets]
     print(json.dumps({"benchmark": "hybrid", **cpu_info(), "results": rows}))
 
 
