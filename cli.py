@@ -479,7 +479,7 @@ def index_fit_queries(queries, index_path, clear, text_field, wait) -> None:
       semsearch index fit-queries --clear --index my-index
     """
     from index.indexer import Index
-    from index.query_sample import read_queries, record_queries
+    from index.storage.query_sample import read_queries, record_queries
 
     if clear == bool(queries):
         raise SemsearchError("give a QUERIES file, or --clear to forget the recorded queries")

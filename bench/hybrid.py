@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 from index import Index  # noqa: E402
-from index.query_sample import record_queries  # noqa: E402
+from index.storage.query_sample import record_queries  # noqa: E402
 from index.ingest.sources import read_documents  # noqa: E402
 from index.lexical.bm25 import LexicalIndex, bm25_folders  # noqa: E402
 from index.storage.folder import is_index  # noqa: E402

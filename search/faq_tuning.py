@@ -27,7 +27,7 @@ import numpy as np
 
 from index.errors import InputError, SemsearchError
 from index.indexer import Index
-from index.query_sample import record_queries
+from index.storage.query_sample import record_queries
 from index.storage import whitened
 
 from . import faq_crossfit
@@ -204,7 +204,7 @@ def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]
 
 def fit_questions_into(index: Index, labelled: Sequence[LabelledQuestion]) -> int:
     """Record the questions' texts for the index's whitening and refit it with them, where the index
-    whitens (``index.query_sample``); returns how many were recorded (0: it does not whiten, nothing
+    whitens (``index.storage.query_sample``); returns how many were recorded (0: it does not whiten, nothing
     changed)."""
     if not (index.config.get(whitened.FIT) or {}).get("whiten"):
         return 0

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cli import cli
 from index import Index
 from index.errors import InputError, SemsearchError
-from index.query_sample import read_queries, record_queries
+from index.storage.query_sample import read_queries, record_queries
 from index.storage import whitened
 from search.searcher import Searcher
 

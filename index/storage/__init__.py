@@ -10,7 +10,8 @@ they are read), ``writer`` (add, delete, rebuild under the lock, in
 commit-sized transactions), ``check`` (verify and repair), and the operator's side:
 ``listing`` (documents read back), ``backup`` (one committed generation copied, restore),
 ``space`` (space given back after deletes, the WAL's bound, compact) and ``operations`` (a base
-of ``Index`` that offers them).
+of ``Index`` that offers them); ``whitened`` (the recorded whitening, its fit and refit) with
+``query_sample`` (sample query texts pooled into that fit).
 
 May import: the foundation modules of ``index``, ``index.model``,
 ``index.ann`` and ``index.ingest``; never ``indexer``, ``lexical`` or

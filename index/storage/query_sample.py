@@ -20,19 +20,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import InputError, SemsearchError
-from .storage import whitened
-
-if TYPE_CHECKING:
-    from .indexer import Index
+from ..errors import InputError, SemsearchError
+from . import whitened
 
 
-def record_queries(index: "Index", texts: Iterable[str]) -> int:
-    """Record the distinct non-empty ``texts`` (at most ``whitened.MAX_QUESTIONS``: a fixed sample of
+def record_queries(index: Any, texts: Iterable[str]) -> int:
+    """Record in ``index`` (an ``index.Index``) the distinct non-empty ``texts`` (at most ``whitened.MAX_QUESTIONS``: a fixed sample of
     them) as the queries of the index's whitening fit, replacing any recorded before, and refit
     it; returns how many are recorded. An index that does not whiten is refused (nothing changes);
     no texts clears the record."""
