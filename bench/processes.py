@@ -6,9 +6,10 @@ difference of the two wall times (what a process pays once, imports and
 model loading, cancels out where both runs pay it). Also printed: the
 whole-process ratio without that subtraction, what a user waiting for the
 command sees. semsearch runs with its defaults (`--backend auto
---precision auto`, layer -2 mean: bulk and one text may take different paths)
-and with each candidate forced (`--backend torch --precision bf16`, ...: both
-runs on that path), and writes its JSON lines to /dev/null;
+--precision auto`, layer -2 mean: `embed` encodes on the bulk path whatever the
+number of texts, so both runs take the path `auto` chose for bulk) and with
+each candidate forced (`--backend torch --precision bf16`, ...), and writes its
+JSON lines to /dev/null;
 sentence-transformers encodes the same texts with ``batch_size=32`` and
 ``max_seq_length`` 256 and writes nothing. Each command runs once untimed
 first (caches made: the backend choice, the ONNX graph, the direct torch
