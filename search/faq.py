@@ -101,13 +101,18 @@ class FAQAnswer:
 
 def faq_documents(pairs: Iterable[Any]) -> Iterable[dict[str, Any]]:
     """Index documents for FAQ entries: ``(question, answer)`` pairs, or dicts with ``question`` (or a
-    list ``questions``), ``answer``, and optionally ``id`` and ``metadata``. One document per
+    list ``questions``), ``answer`` (or a list ``answers``: the first is given, all are evidence for
+    a calibration that weighs answers), and optionally ``id`` and ``metadata``. One document per
     question; the first keeps the entry's id, paraphrases get ``<id>#2``, ``<id>#3``, ..."""
     for n, pair in enumerate(pairs, start=1):
         if isinstance(pair, dict):
             questions = pair.get("questions") or [pair.get("question")]
             answer, entry = pair.get("answer"), str(pair.get("id", n))
             extra = dict(pair.get("metadata") or {})
+            several = pair.get("answers")
+            if isinstance(several, list) and several and all(isinstance(a, str) for a in several):
+                answer = several[0] if answer is None else answer
+                extra["answers"] = list(several)
         else:
             try:
                 question, answer = pair
@@ -191,14 +196,17 @@ class FAQ:
 
     def weigh_answers(self, matches: list[FAQMatch], vector: np.ndarray, weight: float) -> list[FAQMatch]:
         """``matches`` scored ``question_score + weight * answer_score`` and sorted by that, best first
-        (``vector``: the question's raw vector, as its search encoded it; an entry without an answer
-        is compared by its question)."""
+        (``vector``: the question's raw vector, as its search encoded it; ``answer_score``: the closest
+        of the entry's answers, ``answers_of``; an entry without an answer is compared by its question)."""
         if not matches:
             return matches
+        texts = [answers_of(m.metadata) or [m.answer or m.question] for m in matches]
         with self.searcher.index.snapshot() as snap:
             query = snap.whiten(np.asarray(vector, dtype=np.float32))
-            close = self.answer_vectors.vectors(snap, [m.answer or m.question for m in matches]) @ query
-        for m, a in zip(matches, close.tolist()):
+            scores = self.answer_vectors.vectors(snap, [t for group in texts for t in group]) @ query
+        ends = np.cumsum([len(group) for group in texts])
+        close = [float(scores[end - len(group) : end].max()) for group, end in zip(texts, ends.tolist())]
+        for m, a in zip(matches, close):
             m.question_score = m.score if m.question_score is None else m.question_score
             m.answer_score = a
             m.score = m.question_score + weight * a
@@ -262,7 +270,9 @@ def read_faq(sources: Sequence[str], *, question_field: str = "question", answer
                               strict=strict, report=report):
         meta = dict(doc.metadata)
         answer = meta.pop(answer_field, None)
-        if isinstance(answer, list) and answer and isinstance(answer[0], str):
+        if isinstance(answer, list) and answer and all(isinstance(a, str) for a in answer):
+            if len(answer) > 1:  # every answer is evidence (faq_answers); the first is the one given
+                meta["answers"] = list(answer)
             answer = answer[0]
         if not isinstance(answer, str) or not answer.strip():
             raise SemsearchError(f"FAQ entry {doc.id}: no answer (field {answer_field!r}); "
@@ -274,6 +284,15 @@ def read_faq(sources: Sequence[str], *, question_field: str = "question", answer
         if doc.text not in entry["questions"]:
             entry["questions"].append(doc.text)
     return list(entries.values())
+
+
+def answers_of(metadata: dict[str, Any]) -> list[str]:
+    """Every answer text of an entry (``answers`` as in BEIR-style FAQ corpora, else ``answer``)."""
+    answers = metadata.get("answers")
+    if isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers):
+        return list(answers)
+    one = answer_of(metadata)
+    return [one] if one is not None else []
 
 
 def answer_of(metadata: dict[str, Any]) -> str | None:

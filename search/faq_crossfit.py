@@ -22,7 +22,7 @@ import numpy as np
 from index.indexer import Index
 from index.storage import whitened
 
-from .faq import FAQMatch, answer_of
+from .faq import FAQMatch, answer_of, answers_of
 
 FOLDS = 5
 
@@ -51,8 +51,9 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
     docs = index.store.documents(ids)
     faq_questions = encoder.encode([docs[d][0] for d in ids], warn=False, bulk=True)
     entries = [str(docs[d][1].get("faq_id", d)) for d in ids]
-    answers = [answer_of(docs[d][1]) or docs[d][0] for d in ids]
-    answer_vectors = encoder.encode(answers, warn=False, bulk=False) if answers_too else None
+    answers = [answers_of(docs[d][1]) or [docs[d][0]] for d in ids]  # as FAQ.weigh_answers takes them
+    owner = np.repeat(np.arange(len(ids)), [len(a) for a in answers])
+    answer_vectors = encoder.encode([t for a in answers for t in a], warn=False, bulk=False) if answers_too else None
     recorded = [str(t) for t in info[whitened.QUESTIONS]]
     fold_of = folds_of(recorded, folds)
     questions = [q.strip() for q in questions]  # as recorded
@@ -66,7 +67,11 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
         transform, _ = whitened.fit_for({**info, whitened.QUESTIONS: kept}, corpus, lambda: encoder, passages)
         query = whitened.apply(transform, asked[rows])
         question_scores = query @ whitened.apply(transform, faq_questions).T
-        answer_scores = (query @ whitened.apply(transform, answer_vectors).T) if answers_too else None
+        answer_scores = None
+        if answers_too:  # the closest answer of each FAQ question's entry
+            each = query @ whitened.apply(transform, answer_vectors).T
+            answer_scores = np.full((len(rows), len(ids)), -np.inf, dtype=np.float32)
+            np.maximum.at(answer_scores.T, owner, each.T)
         for r, i in enumerate(rows):
             best = np.argsort(-question_scores[r], kind="stable")[:depth]
             seen: dict[str, FAQMatch] = {}

@@ -14,7 +14,8 @@ ENTRIES = [
     {"id": "pw", "questions": ["how do i reset my password", "i forgot my password"],
      "answer": "Use the forgot password link on the login page."},
     {"id": "del", "question": "how do i delete my account", "answer": "Open settings and choose delete account."},
-    {"id": "bill", "question": "where is my invoice", "answer": "Invoices are under billing."},
+    {"id": "bill", "question": "where is my invoice",
+     "answers": ["Invoices are under billing.", "Ask support for a copy of the invoice."]},
     {"id": "bank", "question": "the bank of the river", "answer": "The land by the water."},
 ]
 ASKED = ["login page link", "delete account settings", "billing invoices", "land by the water",
@@ -58,9 +59,8 @@ def test_a_weighted_faq_scores_answers_as_the_calibration_observed_them(faq_inde
     labelled = [faq_tuning.LabelledQuestion(q, None) for q in ASKED]
     observed = faq_tuning.observe_faq(faq, labelled)  # the FAQ's own weight, 0.3
     index = Index.open(faq_index)
-    with index.snapshot() as snap:
-        answers = snap.whiten(snap.encoder.encode([e["answer"] for e in ENTRIES]))
-    by_entry = dict(zip([e["id"] for e in ENTRIES], answers))
+    with index.snapshot() as snap:  # an entry with several answers: the closest counts
+        by_entry = {e["id"]: snap.whiten(snap.encoder.encode(e.get("answers") or [e["answer"]])) for e in ENTRIES}
     for question, seen in zip(ASKED, observed):
         reply = faq.answer(question)
         assert reply.answer_weight == 0.3 and reply.match is not None  # threshold -1: always answered
@@ -68,7 +68,7 @@ def test_a_weighted_faq_scores_answers_as_the_calibration_observed_them(faq_inde
         with index.snapshot() as snap:
             query = snap.whiten(snap.encoder.encode([question]))[0]
         for m in [reply.match, *reply.runners_up]:
-            assert m.answer_score == pytest.approx(float(by_entry[m.id] @ query), abs=1e-4)
+            assert m.answer_score == pytest.approx(float((by_entry[m.id] @ query).max()), abs=1e-4)
             assert m.score == pytest.approx(m.question_score + 0.3 * m.answer_score, abs=1e-6)
         scores = [m.score for m in [reply.match, *reply.runners_up]]
         assert scores == sorted(scores, reverse=True)
@@ -96,6 +96,20 @@ def test_an_older_calibration_without_a_weight_scores_questions_alone(faq_index)
     reply = FAQ(faq_index).answer("reset my password")
     assert reply.calibrated and reply.answer_weight == 0.0 and reply.match.answer_score is None
     assert "answer_score" not in reply.match.as_dict()
+
+
+def test_every_answer_of_an_entry_is_kept_and_the_first_is_given(faq_index, tmp_path):
+    from search.faq import answers_of, read_faq
+
+    reply = FAQ(faq_index).answer("where is my invoice")
+    assert reply.match.id == "bill" and reply.match.answer == "Invoices are under billing."
+    assert answers_of(reply.match.metadata) == ENTRIES[2]["answers"]
+    source = tmp_path / "faq.jsonl"
+    source.write_text('{"_id": "a", "text": "q one", "metadata": {"answers": ["first", "second"]}}\n'
+                      '{"_id": "b", "text": "q two", "metadata": {"answers": ["only"]}}\n')
+    entries = read_faq([str(source)], question_field="text", answer_field="answers")
+    assert [(e["answer"], e["metadata"].get("answers")) for e in entries] == [("first", ["first", "second"]),
+                                                                           ("only", None)]
 
 
 def test_answer_vectors_are_encoded_once_per_text_and_transform(faq_index, monkeypatch):
