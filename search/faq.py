@@ -194,39 +194,59 @@ class FAQ:
                                        metadata=h.metadata)
         return list(seen.values())
 
-    def weigh_answers(self, matches: list[FAQMatch], vector: np.ndarray, weight: float) -> list[FAQMatch]:
-        """``matches`` scored ``question_score + weight * answer_score`` and sorted by that, best first
-        (``vector``: the question's raw vector, as its search encoded it; ``answer_score``: the closest
-        of the entry's answers, ``answers_of``; an entry without an answer is compared by its question)."""
-        if not matches:
-            return matches
-        texts = [answers_of(m.metadata) or [m.answer or m.question] for m in matches]
+    def weigh_answers(self, groups: Sequence[list[FAQMatch]], vectors: Sequence[np.ndarray],
+                      weight: float) -> list[list[FAQMatch]]:
+        """Each group of matches scored ``question_score + weight * answer_score`` and sorted by that,
+        best first, all in one snapshot (``vectors``: each group's question's raw vector, as its search
+        encoded it; ``answer_score``: the closest of the entry's answers, ``answers_of``; an entry
+        without an answer is compared by its question)."""
+        texts = [[answers_of(m.metadata) or [m.answer or m.question] for m in group] for group in groups]
+        flat = [t for group in texts for answers in group for t in answers]
+        if not flat:
+            return [list(group) for group in groups]
         with self.searcher.index.snapshot() as snap:
-            query = snap.whiten(np.asarray(vector, dtype=np.float32))
-            scores = self.answer_vectors.vectors(snap, [t for group in texts for t in group]) @ query
-        ends = np.cumsum([len(group) for group in texts])
-        close = [float(scores[end - len(group) : end].max()) for group, end in zip(texts, ends.tolist())]
-        for m, a in zip(matches, close):
-            m.question_score = m.score if m.question_score is None else m.question_score
-            m.answer_score = a
-            m.score = m.question_score + weight * a
-        return sorted(matches, key=lambda m: -m.score)
+            queries = snap.whiten(np.asarray(np.stack(vectors), dtype=np.float32))
+            answer_vectors = self.answer_vectors.vectors(snap, flat)
+        out, start = [], 0
+        for group, group_texts, query in zip(groups, texts, queries):
+            for m, answers_texts in zip(group, group_texts):
+                m.answer_score = float((answer_vectors[start : start + len(answers_texts)] @ query).max())
+                m.question_score = m.score if m.question_score is None else m.question_score
+                m.score = m.question_score + weight * m.answer_score
+                start += len(answers_texts)
+            out.append(sorted(group, key=lambda m: -m.score))
+        return out
 
     def decide(self, question: str, hits: Sequence[Hit], vector: np.ndarray | None = None) -> FAQAnswer:
         """The answer for ``question`` given its hits (best first) and, where the calibration weighs
         answers, its raw vector (``SearchOutcome.vector``; None: encoded again)."""
+        return self.decide_many([(question, hits, vector)])[0]
+
+    def decide_many(self, items: Sequence[tuple[str, Sequence[Hit], np.ndarray | None]]) -> list[FAQAnswer]:
+        """:meth:`decide` for many ``(question, hits, vector)`` at once: one read of the policy, one
+        snapshot for the answers' scores."""
         policy = self.policy()
-        matches = self.entries(hits)
-        if policy.answer_weight and matches:
-            if vector is None:
-                vector = self.searcher.encoder.encode([question], warn=False, bulk=False)[0]
-            matches = self.weigh_answers(matches, vector, policy.answer_weight)
-        top = matches[0].score if matches else float("-inf")
-        second = matches[1].score if len(matches) > 1 else -1.0
+        groups = [self.entries(hits) for _, hits, _ in items]
+        if policy.answer_weight:
+            weighed = [i for i, group in enumerate(groups) if group]
+            missing = [i for i in weighed if items[i][2] is None]
+            encoded = dict(zip(missing, self.searcher.encoder.encode([items[i][0] for i in missing], warn=False,
+                                                                     bulk=False))) if missing else {}
+            scored = self.weigh_answers([groups[i] for i in weighed],
+                                        [encoded[i] if i in encoded else items[i][2] for i in weighed],
+                                        policy.answer_weight) if weighed else []
+            for i, group in zip(weighed, scored):
+                groups[i] = group
         common = (policy.calibrated, policy.threshold, policy.margin, policy.answer_weight)
-        if matches and answers(Observation(top, second, None), policy.threshold, policy.margin):
-            return FAQAnswer(question, matches[0], matches[1 : 1 + self.runners_up], *common)
-        return FAQAnswer(question, None, matches[: self.runners_up], *common)
+        out = []
+        for (question, _, _), matches in zip(items, groups):
+            top = matches[0].score if matches else float("-inf")
+            second = matches[1].score if len(matches) > 1 else -1.0
+            if matches and answers(Observation(top, second, None), policy.threshold, policy.margin):
+                out.append(FAQAnswer(question, matches[0], matches[1 : 1 + self.runners_up], *common))
+            else:
+                out.append(FAQAnswer(question, None, matches[: self.runners_up], *common))
+        return out
 
     def answer(self, question: str, where: Mapping[str, Any] | None = None) -> FAQAnswer:
         """The best FAQ entry for ``question`` if the FAQ is confident of it, and the runners-up
@@ -240,22 +260,23 @@ class FAQ:
     def answer_many(self, questions: Sequence[str], where: Mapping[str, Any] | None = None) -> list[FAQAnswer | str]:
         """:meth:`answer` for many questions at once; an unusable question gets its error message."""
         outcomes = self.searcher.search_batch([SearchRequest(q, self.depth, where, hybrid=False) for q in questions])
-        return [o.error if o.error is not None else self.decide(o.query, o.hits or [], o.vector) for o in outcomes]
+        found = [o for o in outcomes if o.error is None]
+        decided = iter(self.decide_many([(o.query, o.hits or [], o.vector) for o in found]))
+        return [o.error if o.error is not None else next(decided) for o in outcomes]
 
     def candidates(self, questions: Sequence[str], answers_too: bool = True) -> list[list[FAQMatch]]:
         """Each question's candidate entries (``depth`` documents), best question first, with their
         ``question_score`` and, with ``answers_too``, ``answer_score`` (for calibration)."""
-        out = []
-        for outcome in self.searcher.search_batch([SearchRequest(q, self.depth, hybrid=False) for q in questions]):
+        outcomes = self.searcher.search_batch([SearchRequest(q, self.depth, hybrid=False) for q in questions])
+        for outcome in outcomes:
             if outcome.error is not None:
                 raise SemsearchError(f"question {outcome.query!r}: {outcome.error}")
-            matches = self.entries(outcome.hits or [])
-            for m in matches:
-                m.question_score = m.score
-            if answers_too:
-                self.weigh_answers(matches, outcome.vector, 0.0)
-            out.append(matches)
-        return out
+        groups = [self.entries(outcome.hits or []) for outcome in outcomes]
+        for m in (m for group in groups for m in group):
+            m.question_score = m.score
+        if answers_too:  # weight 0: the question ranking kept, the answer scores filled in
+            groups = self.weigh_answers(groups, [outcome.vector for outcome in outcomes], 0.0)
+        return groups
 
 
 def read_faq(sources: Sequence[str], *, question_field: str = "question", answer_field: str = "answer",

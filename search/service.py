@@ -100,11 +100,14 @@ def make_runner(index_path: Path):
         wanted = [(i, w) for i, w in enumerate(items) if w.kind in ("search", "faq")]
         requests = [w.request if w.kind == "search" else SearchRequest(w.request[0], faq.depth, w.request[1], hybrid=False)
                     for _, w in wanted]  # a FAQ question comes as (question, filter)
+        asked = []  # the FAQ questions of the batch, decided together
         for (i, w), outcome in zip(wanted, searcher.search_batch(requests)):
             if w.kind == "search" or outcome.error is not None:
                 results[i] = outcome
             else:
-                results[i] = faq.decide(outcome.query, outcome.hits or [], outcome.vector)
+                asked.append((i, outcome))
+        for (i, _), reply in zip(asked, faq.decide_many([(o.query, o.hits or [], o.vector) for _, o in asked])):
+            results[i] = reply
         for i, w in enumerate(items):
             if w.kind == "info":
                 results[i] = searcher.index.info().as_dict()

@@ -139,9 +139,9 @@ def possible(model_path: str) -> bool:
 def load(model_path: str) -> DirectBert | None:
     """The model of ``model_path`` from ``model.safetensors`` (fp32, eval mode), or None when the
     folder has no such file, is not a plain BERT encoder, or its tensors do not fit the layout."""
-    if not possible(model_path):
-        return None
     config, weights = read_config(model_path), Path(model_path) / WEIGHTS
+    if config is None or not weights.is_file():
+        return None
     from safetensors.torch import load_file  # transformers' own dependency; light to import
 
     try:

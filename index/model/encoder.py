@@ -134,7 +134,7 @@ class Encoder:
 
     @property
     def bulk_loaded(self) -> bool:
-        """Whether a separate bulk runner was loaded (by a call of more than ``QUERY_TEXTS`` texts)."""
+        """Whether a separate bulk runner was loaded (by a bulk call: ``runner_for``)."""
         return self._bulk_runner is not None
 
     @property
