@@ -1437,8 +1437,9 @@ def faq_calibrate(ctx, index_path, questions_file, off_topic_file, target, apply
 
 def _rates_line(r) -> str:
     off = "-" if r.off_topic_answered is None else f"{r.off_topic_answered:.1%}"
+    low = f" (at least {r.precision_low:.1%} by its interval)" if r.precision_low is not None else ""
     return (f"threshold {r.threshold:.4f}, margin {r.margin:.2f}: answers {r.answered:.1%} of in-domain questions "
-            f"at precision {r.precision:.1%}; off-topic answered {off}")
+            f"at precision {r.precision:.1%}{low}; off-topic answered {off}")
 
 
 def _print_calibration(report, index_path) -> None:

@@ -13,7 +13,7 @@ from cli import cli
 from index import Index
 from index.errors import SemsearchError
 from search import FAQ, faq_tuning
-from search.calibration import SETTING, Observation, choose, rates
+from search.calibration import SETTING, Observation, choose, precision_bound, rates
 from search.faq import faq_documents, read_faq
 
 ENTRIES = [
@@ -36,14 +36,36 @@ def faq_index(tiny_model, tmp_path):
 def test_choose_answers_the_most_at_the_target_precision():
     obs = [Observation(0.9, 0.5, True), Observation(0.8, 0.5, True), Observation(0.7, 0.69, False),
            Observation(0.65, 0.4, True), Observation(0.6, 0.1, None), Observation(0.5, 0.2, True)]
-    best, top = choose(obs, 0.75)
+    best, top = choose(obs, 0.75, z=0)  # the observed precision alone
     # 0.65 answers four in-domain questions, one wrongly (the close call at 0.7): precision 0.75. So does
     # 0.5 with a 0.02 margin (the close call dropped, the off-topic one answered): the tie goes to no off-topic.
     assert (best.threshold, best.margin, best.answered, best.precision) == (0.65, 0.0, 0.8, 0.75)
     assert best.off_topic_answered == 0.0
-    strict, _ = choose(obs, 1.0)  # only a margin above its 0.01 gap keeps the close call out, answering three
+    strict, _ = choose(obs, 1.0, z=0)  # only a margin above its 0.01 gap keeps the close call out, answering three
     assert (strict.threshold, strict.margin, strict.answered, strict.precision) == (0.65, 0.02, 0.6, 1.0)
     assert top.precision == 1.0
+
+
+def test_a_setting_reaches_the_target_by_the_lower_end_of_its_precision_interval():
+    # Three right of four answers is 0.75 observed, but not enough evidence for 0.75 with the bound;
+    # the same setting among many more answers is.
+    few = [Observation(0.9, 0.1, True), Observation(0.8, 0.1, True), Observation(0.7, 0.1, True),
+           Observation(0.6, 0.1, False), Observation(0.5, 0.1, True)]
+    best, _ = choose(few, 0.75)
+    assert best.precision > 0.75 and best.precision_low >= 0.75 and best.answered < 1.0
+    assert choose(few, 0.75, z=0)[0].answered == 1.0  # 4 of 5 right: 0.8 observed
+    many = few * 40
+    best, _ = choose(many, 0.75)
+    assert best.answered == 1.0 and best.precision == 0.8 and best.precision_low >= 0.75
+    assert precision_bound(4, 5) < 0.8 < precision_bound(160, 200) + 0.02 and precision_bound(0, 0) == 0.0
+    assert precision_bound(3, 4, z=0) == 0.75 and precision_bound(160, 200) < 0.8
+    # a target of 1: no mistake at all, by the observed precision (no bound reaches 1)
+    assert choose(few, 1.0)[0].precision == 1.0
+
+
+def test_the_bound_agrees_with_a_reference_wilson_interval():
+    # Wilson (1927): (p + z²/2n - z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n), for p = 45/50, z = 1.96.
+    assert precision_bound(45, 50, z=1.96) == pytest.approx(0.7864, abs=1e-4)
 
 
 def test_an_unreachable_target_says_so():
@@ -102,9 +124,10 @@ LABELLED = [faq_tuning.LabelledQuestion(q, e["id"]) for e in ENTRIES for q in e.
 
 def test_calibration_is_stored_used_and_dropped_by_a_rebuild(faq_index):
     report = faq_tuning.calibrate_index(faq_index, LABELLED, 0.95)
-    assert report.reached and report.calibration.precision >= 0.95
+    assert report.reached and report.calibration.precision >= report.calibration.precision_low >= 0.95
     stored = Index.open(faq_index).setting(SETTING)
     assert stored["threshold"] == report.calibration.threshold and stored["layer"] == -2
+    assert stored["precision_low"] == report.calibration.precision_low
     reply = FAQ(faq_index).answer("how do i delete my account")
     assert reply.calibrated and reply.threshold == report.calibration.threshold and reply.match.id == "del"
     Index.open(faq_index).rebuild(layer=-1)
@@ -196,10 +219,11 @@ def test_a_calibration_that_answers_few_also_measures_the_other_layer(faq_index,
     monkeypatch.setattr(faq_tuning, "observe_weights", lambda faq, labelled, weights: {0.0: observe(faq, labelled)})
     monkeypatch.setattr(faq_tuning, "observe_layer",
                         lambda index, layer, labelled: [Observation(0.9, 0.2, True) for _ in labelled])
-    report = faq_tuning.calibrate_index(faq_index, LABELLED, 0.95)
+    asked = LABELLED * 4  # enough answers for the precision's bound to show 0.95 (six could not)
+    report = faq_tuning.calibrate_index(faq_index, asked, 0.95)
     assert report.reached and report.calibration.answered < 0.9 and report.calibration.layer == -2
     assert [a.layer for a in report.alternatives] == [-1] and report.alternatives[0].best.answered == 1.0
-    applied = faq_tuning.calibrate_index(faq_index, LABELLED, 0.95, apply=True)
+    applied = faq_tuning.calibrate_index(faq_index, asked, 0.95, apply=True)
     assert applied.applied and applied.calibration.layer == -1 and applied.calibration.answered == 1.0
 
 
