@@ -1,10 +1,14 @@
 """Whitening, measured: the method's raw layer −2 vectors against whitened ones (and fewer dimensions).
 
-The embedded model, layer −2 mean (the default). For SciFact and StackFAQ
-(../shared/data) one index is built with ``--whitening off`` (and a BM25
-index), evaluated, then refitted in place with ``index rebuild --whitening
-...`` (the stored vectors are re-used: nothing is encoded again) and
-evaluated again; each configuration also fused with BM25 (``--hybrid``).
+The embedded model, layer −2 mean (the default). For SciFact, StackFAQ
+and StackFAQ with its answers as the documents (../shared/data) one index
+is built with ``--whitening off`` (and a BM25 index), evaluated, then
+refitted in place with ``index rebuild --whitening ...`` (the stored
+vectors are re-used: nothing is encoded again but the fit's background and
+the corpus's sentences) and evaluated again; each configuration also fused
+with BM25 (``--hybrid``). The row "whitened, no sentences" is the default
+fit without the sample of the corpus's own sentences
+(``index/model/fit_sentences.py``), as fits were made before it.
 STSb and KorSTS: the Spearman correlation of the test pairs' cosines with
 the gold scores, the transform fitted by indexing the dev sentences (no
 labels).
@@ -13,7 +17,7 @@ Also: the size of the FAISS file and the time of one query's vector search
 search over 100,000 random passages at 384 and 128 dimensions. Each row
 prints the commands that reproduce it. Prints the CPU, tables and one JSON line.
 
-    python bench/whitening.py                       # STSb, StackFAQ, SciFact; indexes in a temporary folder
+    python bench/whitening.py                       # every set; indexes in a temporary folder
     python bench/whitening.py --work /tmp/wh        # keeps the indexes (and reuses them)
     python bench/whitening.py --quick               # STSb 200 pairs and StackFAQ: a smoke run
 """
@@ -39,14 +43,18 @@ from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as
 
 from index import Index  # noqa: E402
 from index.ann import registry  # noqa: E402
+from index.model import fit_sentences  # noqa: E402
 from index.ingest.sources import read_documents  # noqa: E402
 from index.storage.folder import is_index  # noqa: E402
 from search.evaluation import evaluate_index, plan_evaluation, spearman  # noqa: E402
 from search.searcher import Searcher  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-CONFIGS = [("raw (off)", "off", 0), ("whitened (auto)", "auto", 0), ("whitened, 256 dims", "on", 256),
-           ("whitened, 128 dims", "on", 128)]
+# (label, --whitening, --whitening-dims, whether the fit pools the corpus's sentences: index/model/fit_sentences.py)
+CONFIGS = [("raw (off)", "off", 0, True), ("whitened, no sentences", "auto", 0, False),
+           ("whitened (auto)", "auto", 0, True), ("whitened, 256 dims", "on", 256, True),
+           ("whitened, 128 dims", "on", 128, True)]
+SENTENCES_OFF = "(fit_sentences.SIZE = 0: the fit as it was before it pooled the corpus's sentences)"
 
 
 class Hybrid:
@@ -70,14 +78,20 @@ class Dense:
         return self.searcher.search_vectors(np.stack([self.vectors[q] for q in queries]), k=k)
 
 
-def rebuild_command(path: str, mode: str, dims: int) -> str:
-    return f"semsearch index rebuild --index {path} --whitening {mode} --whitening-dims {dims}"
+def rebuild_command(path: str, mode: str, dims: int, sentences: bool = True) -> str:
+    return (f"semsearch index rebuild --index {path} --whitening {mode} --whitening-dims {dims}"
+            + ("" if sentences else f"   {SENTENCES_OFF}"))
 
 
-def configure(index: Index, mode: str, dims: int) -> None:
-    fit = index.config.get("whitening") or {}
-    if fit.get("mode") != mode or (fit.get("dims") or 0) != dims:
+def configure(index: Index, mode: str, dims: int, sentences: bool = True) -> None:
+    """Refit ``index`` as the row asks (from the stored vectors: nothing is encoded again but the
+    background and the corpus's sentences)."""
+    size = fit_sentences.SIZE
+    fit_sentences.SIZE = size if sentences else 0
+    try:
         index.rebuild(whitening=mode, whitening_dims=dims)
+    finally:
+        fit_sentences.SIZE = size
 
 
 def vector_search_ms(index: Index, vectors: np.ndarray) -> float:
@@ -90,25 +104,36 @@ def vector_search_ms(index: Index, vectors: np.ndarray) -> float:
     return statistics.median(times)
 
 
+def answers_corpus(data: Path, work: Path) -> Path:
+    """StackFAQ's answers as the documents (each entry's answers joined: several sentences each), for
+    the same rewordings and qrels: a retrieval set of multi-sentence documents besides SciFact."""
+    path = work / "stackfaq-answers-corpus.jsonl"
+    with open(data / "stackfaq" / "corpus.jsonl", encoding="utf-8") as f, open(path, "w", encoding="utf-8") as out:
+        for line in f:
+            row = json.loads(line)
+            out.write(json.dumps({"id": row["_id"], "text": "  ".join(row["metadata"]["answers"])}) + "\n")
+    return path
+
+
 def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> list[dict]:
-    folder, path = data / name, work / name
+    folder, path = data / name.replace("-answers", ""), work / name
+    corpus = answers_corpus(data, work) if name == "stackfaq-answers" else folder / "corpus.jsonl"
     if is_index(path) and Index.open(path).config.get("complete", True):
         index = Index.open(path)
     else:
-        index, _ = Index.build(path, read_documents([str(folder / "corpus.jsonl")]), force=True, whitening="off",
-                               hybrid=hybrid)
+        index, _ = Index.build(path, read_documents([str(corpus)]), force=True, whitening="off", hybrid=hybrid)
     plan = plan_evaluation(folder / "queries.jsonl", folder / "qrels" / "test.tsv")
     if quick:
         plan.queries = plan.queries[:200]
         plan.qrels = {q.id: plan.qrels[q.id] for q in plan.queries}
     raw_queries = index.encoder.encode([q.text for q in plan.queries], warn=False)
     by_text = dict(zip([q.text for q in plan.queries], raw_queries))
-    build = (f"semsearch index build {folder / 'corpus.jsonl'} --index {path} --whitening off"
+    build = (f"semsearch index build {corpus} --index {path} --whitening off"
              + (" --hybrid" if hybrid else ""))
     evaluate = f"semsearch eval --queries {folder / 'queries.jsonl'} --qrels {folder / 'qrels' / 'test.tsv'} --index {path}"
     rows = []
-    for label, mode, dims in CONFIGS:
-        configure(index, mode, dims)
+    for label, mode, dims, sentences in CONFIGS:
+        configure(index, mode, dims, sentences)
         index = Index.open(path)
         searcher = Searcher(index)
         dense = evaluate_index(Dense(searcher, by_text), plan).ndcg_at_10
@@ -119,7 +144,7 @@ def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> l
         rows.append({"dataset": name, "configuration": label, "ndcg@10": round(dense, 4),
                      "hybrid_ndcg@10": None if fused is None else round(fused, 4), "faiss_bytes": faiss_bytes,
                      "search_ms_p50": round(vector_search_ms(index, raw_queries[:100]), 3),
-                     "commands": [build, rebuild_command(str(path), mode, dims),
+                     "commands": [build, rebuild_command(str(path), mode, dims, sentences),
                                   evaluate + " --no-hybrid" + (f"; {evaluate} --hybrid" if hybrid else "")]})
     return rows
 
@@ -143,9 +168,9 @@ def sts(data: Path, work: Path, quick: bool, name: str = "stsb") -> list[dict]:
     if not is_index(path):
         Index.build(path, [{"id": str(i), "text": s} for i, s in enumerate(sentences)], whitening="off")
     rows = []
-    for label, mode, dims in CONFIGS:
+    for label, mode, dims, pooled in CONFIGS:
         index = Index.open(path)
-        configure(index, mode, dims)
+        configure(index, mode, dims, pooled)
         index = Index.open(path)
         with index.snapshot() as snap:
             a = snap.whiten(index.encoder.encode([t[0] for t in test], warn=False))
@@ -153,7 +178,7 @@ def sts(data: Path, work: Path, quick: bool, name: str = "stsb") -> list[dict]:
         rows.append({"dataset": name, "configuration": label, "pairs": len(test),
                      "spearman": round(spearman((a * b).sum(axis=1), [t[2] for t in test]), 4),
                      "commands": [f"semsearch index build <the {len(sentences)} {name} dev sentences> --index {path} "
-                                  "--whitening off", rebuild_command(str(path), mode, dims),
+                                  "--whitening off", rebuild_command(str(path), mode, dims, pooled),
                                   "python bench/whitening.py --work " + str(work)]})
     return rows
 
@@ -180,8 +205,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=None, help="Where the indexes go (kept and reused)")
-    parser.add_argument("--datasets", nargs="+", default=["stsb", "korsts", "stackfaq", "scifact"],
-                        help="stsb, korsts (Spearman; fitted on the dev sentences), stackfaq, scifact (nDCG@10)")
+    parser.add_argument("--datasets", nargs="+", default=["stsb", "korsts", "stackfaq", "stackfaq-answers", "scifact"],
+                        help="stsb, korsts (Spearman; fitted on the dev sentences), stackfaq, stackfaq-answers "
+                             "(its answers as the documents), scifact (nDCG@10)")
     parser.add_argument("--quick", action="store_true",
                         help="STSb (200 test pairs, fitted on 300 dev pairs) and 200 StackFAQ queries, no BM25")
     args = parser.parse_args()
@@ -205,16 +231,17 @@ def main() -> int:
             rows += (sts(args.data, work, args.quick, name) if name in ("stsb", "korsts")
                      else retrieval(name, args.data, work, hybrid, args.quick))
     speed = flat_speed(10_000 if args.quick else 100_000, args.quick)
-    print(f"\n{'dataset':<9} {'configuration':<20} {'score':>7} {'+BM25':>7} {'FAISS MB':>9} {'search ms':>9}")
+    print(f"\n{'dataset':<16} {'configuration':<23} {'score':>7} {'+BM25':>7} {'FAISS MB':>9} {'search ms':>9}")
     for r in rows:
         score = r.get("spearman", r.get("ndcg@10"))
         fused = r.get("hybrid_ndcg@10")
         size = r.get("faiss_bytes")
-        print(f"{r['dataset']:<9} {r['configuration']:<20} {score:>7.4f} {'' if fused is None else f'{fused:.4f}':>7} "
+        print(f"{r['dataset']:<16} {r['configuration']:<23} {score:>7.4f} {'' if fused is None else f'{fused:.4f}':>7} "
               f"{'' if size is None else f'{size / 1e6:.2f}':>9} {r.get('search_ms_p50', ''):>9}")
         for command in r["commands"]:
             print(f"    $ {command}")
-    print("(STSb, KorSTS: Spearman of the test pairs; StackFAQ and SciFact: nDCG@10; +BM25: hybrid, z-score fusion)")
+    print("(STSb, KorSTS: Spearman of the test pairs; StackFAQ (its questions or its answers as the documents) and "
+          "SciFact: nDCG@10; +BM25: hybrid, z-score fusion)")
     for s in speed:
         print(f"flat search, {s['passages']:,} random passages, {s['dimension']}-d: {s['search_ms_p50']} ms p50")
     print(json.dumps({"benchmark": "whitening", **cpu_info(), "results": rows, "flat_speed": speed}))

@@ -47,6 +47,7 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
     encoder = index.encoder
     passages = index.store.counts()[1]
     corpus = whitened.sample(index.store, int(info["dimension"]), passages)
+    sentences = whitened.corpus_sentences(index.store)  # as the index's own fit pools them
     ids = [doc_id for rows in index.store.iter_documents() for doc_id, _ in rows]
     docs = index.store.documents(ids)
     faq_questions = encoder.encode([docs[d][0] for d in ids], warn=False, bulk=True)
@@ -57,14 +58,15 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
     recorded = [str(t) for t in info[whitened.QUESTIONS]]
     fold_of = folds_of(recorded, folds)
     questions = [q.strip() for q in questions]  # as recorded
-    asked = whitened.question_vectors(encoder, questions)  # the very vectors the fits pool
+    asked = whitened.text_vectors(encoder, questions)  # the very vectors the fits pool
     out: list[list[FAQMatch] | None] = [None] * len(questions)
     for fold in [*range(folds), None]:  # None: the questions no fold holds, with the fit of all
         rows = [i for i, q in enumerate(questions) if fold_of.get(q) == fold]
         if not rows:
             continue
         kept = [t for t in recorded if fold_of[t] != fold]
-        transform, _ = whitened.fit_for({**info, whitened.QUESTIONS: kept}, corpus, lambda: encoder, passages)
+        transform, _ = whitened.fit_for({**info, whitened.QUESTIONS: kept}, corpus, lambda: encoder, passages,
+                                        lambda: sentences)
         query = whitened.apply(transform, asked[rows])
         question_scores = query @ whitened.apply(transform, faq_questions).T
         answer_scores = None

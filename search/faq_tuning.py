@@ -182,7 +182,8 @@ def observe_layer(index: Index, layer: int, labelled: Sequence[LabelledQuestion]
     entries = [str(docs[d][1].get("faq_id", d)) for d in ids]
     matrix = encoder.encode([docs[d][0] for d in ids], warn=False)
     # As a rebuild at that layer would make it: whitened where the index's whitening setting says so.
-    transform, _ = whitened.fit_for({**cfg, "layer": layer}, matrix, lambda: encoder, len(matrix))
+    transform, _ = whitened.fit_for({**cfg, "layer": layer}, matrix, lambda: encoder, len(matrix),
+                                    lambda: whitened.corpus_sentences(index.store))
     matrix = whitened.apply(transform, matrix)
     names = sorted(set(entries))
     column = {e: i for i, e in enumerate(names)}

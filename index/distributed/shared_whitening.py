@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import options
 from ..ann import registry
+from ..model import fit_sentences
 from ..model.whitening import MAX_SAMPLE
 from ..storage import whitened
 from ..storage.writer import Writer
@@ -40,7 +41,11 @@ def refit_shared(writers: Sequence[Writer], force: bool = False) -> bool:
     corpus = np.concatenate(parts) if parts else np.zeros((0, dimension), np.float32)
     if len(corpus) > MAX_SAMPLE:
         corpus = corpus[np.sort(np.random.default_rng(0).choice(len(corpus), MAX_SAMPLE, replace=False))]
-    transform, record = whitened.fit_for(first, corpus, writers[0].encoder, total)
+    def sentences() -> list[str]:  # from every shard in proportion to its passages
+        return [t for w, n in zip(writers, counts)
+                for t in whitened.corpus_sentences(w.store, max(1, round(fit_sentences.SIZE * n / max(total, 1))))]
+
+    transform, record = whitened.fit_for(first, corpus, writers[0].encoder, total, sentences)
     record.update(shared=True, shards=len(writers))
     for writer, n in zip(writers, counts):
         with writer.generations.commit() as commit:

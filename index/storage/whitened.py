@@ -13,6 +13,10 @@ index recorded before whitening existed has neither key and stays raw.
 A fit is due when the configuration asks for whitening and nothing was fitted
 for it yet, and when the index has doubled since the fit (like search tuning).
 
+Every fit also pools a sample of sentences cut from the stored passages
+(``fit_sentences``: the corpus's words at a query's length), encoded with
+the index's encoder at fit time.
+
 An index may also record ``whitening_questions``: texts of questions its users
 ask (``faq calibrate`` records its calibration questions, their texts only),
 encoded with the index's encoder and pooled into every fit, so that the
@@ -22,14 +26,14 @@ transform fits the query side too (``docs/faq.md``).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .. import options
 from ..ann import registry
 from ..errors import IndexCorruptError, SemsearchError
-from ..model import background, whitening_policy
+from ..model import background, fit_sentences, whitening_policy
 from ..model.whitening import Whitening, fit, sample_rows
 from .store import MetadataStore
 
@@ -47,7 +51,7 @@ MAX_QUESTIONS = 5000
 
 _cache: dict[str, Whitening] = {}  # sha256 -> transform, a few per process
 _background: dict[Any, np.ndarray] = {}  # encoder configuration -> the background sample's vectors
-_questions: dict[Any, dict[str, np.ndarray]] = {}  # encoder configuration -> {text: its vector}
+_texts: dict[Any, dict[str, np.ndarray]] = {}  # encoder configuration -> {text: its vector}
 
 
 def configuration(mode: str | None = None, dims: int | None = None) -> dict[str, Any]:
@@ -146,16 +150,32 @@ def background_vectors(encoder) -> np.ndarray:
     return _background[key]
 
 
-def question_vectors(encoder, texts: list[str]) -> np.ndarray:
-    """The recorded questions encoded by ``encoder``, each text once per configuration and process
-    (a calibration's out-of-fold fits ask for subsets of them: ``search.faq_crossfit``)."""
-    if encoder.config not in _questions and len(_questions) > 4:
-        _questions.clear()
-    known = _questions.setdefault(encoder.config, {})
+def text_vectors(encoder, texts: Sequence[str]) -> np.ndarray:
+    """Texts pooled into fits (recorded questions, corpus sentences) encoded by ``encoder``, each
+    text once per configuration and process (a calibration's out-of-fold fits ask for subsets of
+    the questions: ``search.faq_crossfit``; a refit asks again for the same sentences)."""
+    if encoder.config not in _texts and len(_texts) > 4:
+        _texts.clear()
+    known = _texts.setdefault(encoder.config, {})
+    if len(known) > 50_000:
+        known.clear()
     missing = list(dict.fromkeys(t for t in texts if t not in known))
     if missing:
         known.update(zip(missing, encoder.encode(missing, warn=False)))
     return np.stack([known[t] for t in texts]) if texts else np.zeros((0, encoder.dimension), np.float32)
+
+
+def corpus_sentences(store: MetadataStore, limit: int | None = None) -> list[str]:
+    """The sample of the stored passages' sentences that a fit pools (``fit_sentences``), at most
+    ``limit`` (``fit_sentences.SIZE``), read from a random sample of as many passages."""
+    limit = fit_sentences.SIZE if limit is None else limit
+    if limit <= 0:
+        return []
+    ids = store.passage_ids()
+    rows = sample_rows(len(ids), limit=limit)
+    chosen = ids if rows is None else ids[rows]
+    found = store.passages(chosen.tolist())
+    return fit_sentences.sample((found[int(i)][1].text for i in chosen if int(i) in found), limit)
 
 
 def sample(store: MetadataStore, dimension: int, passages: int, next_table: bool = False) -> np.ndarray:
@@ -172,11 +192,12 @@ def sample(store: MetadataStore, dimension: int, passages: int, next_table: bool
     return np.concatenate(chunks) if chunks else np.zeros((0, dimension), np.float32)
 
 
-def fit_for(info: Mapping[str, Any], corpus: np.ndarray, encoder: Callable[[], Any], passages: int
-            ) -> tuple[Whitening | None, dict[str, Any]]:
+def fit_for(info: Mapping[str, Any], corpus: np.ndarray, encoder: Callable[[], Any], passages: int,
+            sentences: Callable[[], Sequence[str]] | None = None) -> tuple[Whitening | None, dict[str, Any]]:
     """The decision for ``info``'s configuration and, when it whitens, the transform fitted on
-    ``corpus`` pooled with the background sample (encoded by ``encoder()``, loaded only then);
-    returns ``(transform, record)``."""
+    ``corpus`` pooled with the background sample, the corpus's sentences (``sentences()``, asked
+    only then) and the recorded questions (all encoded by ``encoder()``, loaded only then); returns
+    ``(transform, record)``."""
     config = recorded(info)
     decided = whitening_policy.decide(config["mode"], str(info["model"]), int(info["layer"]))
     record = {**config, "whiten": decided.whiten, "reason": decided.reason, "model": info.get("model"),
@@ -190,14 +211,18 @@ def fit_for(info: Mapping[str, Any], corpus: np.ndarray, encoder: Callable[[], A
     model = encoder()
     extra = background_vectors(model)
     texts = [str(t) for t in (info.get(QUESTIONS) or [])][:MAX_QUESTIONS]
-    asked = question_vectors(model, texts) if texts else extra[:0]
+    asked = text_vectors(model, texts) if texts else extra[:0]
+    cut = list(sentences()) if sentences is not None else []
+    said = text_vectors(model, cut) if cut else extra[:0]
     dims = config["dims"]
     if dims is not None and dims > corpus.shape[1]:
         raise SemsearchError(f"--whitening-dims {dims} is more than the model's {corpus.shape[1]} dimensions")
-    whitening = fit(np.concatenate([part for part in (corpus, extra, asked) if len(part)]), dims)
+    whitening = fit(np.concatenate([part for part in (corpus, extra, said, asked) if len(part)]), dims)
     record.update(sha256=whitening.digest(), dimension=whitening.dimension, vectors=int(len(corpus)),
-                  background=int(len(extra)), questions=int(len(asked)), passages=int(passages),
+                  background=int(len(extra)), sentences=int(len(said)), questions=int(len(asked)),
+                  passages=int(passages),
                   source=f"{len(corpus)} corpus vectors + {len(extra)} generated background sentences"
+                         + (f" + {len(said)} sentences of the corpus" if len(said) else "")
                          + (f" + {len(asked)} recorded questions" if len(asked) else ""))
     return whitening, record
 
@@ -217,7 +242,7 @@ def fit_in_store(store: MetadataStore, encoder: Callable[[], Any], passages: int
     if SETTING not in info:  # an index from before whitening: raw, as it always was
         return info
     corpus = sample(store, int(info["dimension"]), passages)
-    whitening, record = fit_for(info, corpus, encoder, passages)
+    whitening, record = fit_for(info, corpus, encoder, passages, lambda: corpus_sentences(store))
     put(store, whitening, record)
     return store.get_info()
 
@@ -244,7 +269,7 @@ def refit_in_commit(store: MetadataStore, encoder: Callable[[], Any], folder) ->
 def refit(store: MetadataStore, generations, encoder: Callable[[], Any], force: bool = False) -> bool:
     """Refit when ``due`` (or with ``force``) and replace the FAISS vectors with the stored ones
     whitened by the new transform, in one commit of ``generations`` (the writer's, under the lock).
-    Nothing is encoded but the background sample (once per process)."""
+    Nothing is encoded but the background sample and the corpus sentences (once per process)."""
     info = store.get_info()
     n = store.counts()[1]
     if not (force or due(info, n)):
