@@ -29,7 +29,8 @@ class Decision:
 # (model name as recorded, layer) -> (whiten, what was measured)
 MEASURED: dict[tuple[str, int], tuple[bool, str]] = {
     (options.EMBEDDED_MODEL, -2): (
-        True, "measured by bench/whitening.py: better than raw on STSb, KorSTS, StackFAQ and SciFact"),
+        True, "measured by bench/whitening.py: better than raw on STSb, KorSTS, StackFAQ (questions and answers) "
+              "and SciFact"),
     (options.EMBEDDED_MODEL, -1): (
         False, "the layer this sentence-embedding model was fine-tuned on; whitening it made STSb, StackFAQ "
                "and SciFact worse (docs/quality.md)"),
