@@ -50,7 +50,13 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
     sentences = whitened.corpus_sentences(index.store)  # as the index's own fit pools them
     ids = [doc_id for rows in index.store.iter_documents() for doc_id, _ in rows]
     docs = index.store.documents(ids)
-    faq_questions = encoder.encode([docs[d][0] for d in ids], warn=False, bulk=True)
+    # The FAQ questions' stored raw vectors (a passage each, or several for a long one), not encoded again.
+    chunks = list(index.store.iter_vectors(int(info["dimension"])))
+    pids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
+    faq_questions = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, int(info["dimension"])))
+    column = {d: i for i, d in enumerate(ids)}
+    owned = index.store.passages(pids.tolist())
+    question_of = np.array([column[owned[int(p)][0]] for p in pids], dtype=np.int64)
     entries = [str(docs[d][1].get("faq_id", d)) for d in ids]
     answers = [answers_of(docs[d][1]) or [docs[d][0]] for d in ids]  # as FAQ.weigh_answers takes them
     owner = np.repeat(np.arange(len(ids)), [len(a) for a in answers])
@@ -68,7 +74,8 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
         transform, _ = whitened.fit_for({**info, whitened.QUESTIONS: kept}, corpus, lambda: encoder, passages,
                                         lambda: sentences)
         query = whitened.apply(transform, asked[rows])
-        question_scores = query @ whitened.apply(transform, faq_questions).T
+        question_scores = np.full((len(rows), len(ids)), -np.inf, dtype=np.float32)
+        np.maximum.at(question_scores.T, question_of, (query @ whitened.apply(transform, faq_questions).T).T)
         answer_scores = None
         if answers_too:  # the closest answer of each FAQ question's entry
             each = query @ whitened.apply(transform, answer_vectors).T
@@ -78,6 +85,8 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
             best = np.argsort(-question_scores[r], kind="stable")[:depth]
             seen: dict[str, FAQMatch] = {}
             for d in best.tolist():
+                if not np.isfinite(question_scores[r, d]):  # a document without a passage: nothing to match
+                    break
                 if entries[d] not in seen:
                     score = float(question_scores[r, d])
                     seen[entries[d]] = FAQMatch(
