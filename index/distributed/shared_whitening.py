@@ -42,8 +42,9 @@ def refit_shared(writers: Sequence[Writer], force: bool = False) -> bool:
     if len(corpus) > MAX_SAMPLE:
         corpus = corpus[np.sort(np.random.default_rng(0).choice(len(corpus), MAX_SAMPLE, replace=False))]
     def sentences() -> list[str]:  # from every shard in proportion to its passages
-        return [t for w, n in zip(writers, counts)
-                for t in whitened.corpus_sentences(w.store, max(1, round(fit_sentences.SIZE * n / max(total, 1))))]
+        share = [max(1, round(fit_sentences.SIZE * n / max(total, 1))) if fit_sentences.SIZE > 0 else 0
+                 for n in counts]
+        return [t for w, k in zip(writers, share) for t in whitened.corpus_sentences(w.store, k)]
 
     transform, record = whitened.fit_for(first, corpus, writers[0].encoder, total, sentences)
     record.update(shared=True, shards=len(writers))
