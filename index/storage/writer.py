@@ -294,7 +294,7 @@ class Writer:
 
     def reindex(self, index_type: str | None = None) -> RebuildResult:
         """Build the vector index again from the stored vectors (switching to ``index_type`` when
-        given), the whitening refitted on them; nothing is encoded."""
+        given), the whitening refitted on them; no document is encoded (the fit encodes its samples)."""
         started = time.monotonic()
         if index_type is not None:
             registry.resolve_type(index_type, 0)  # validates the name
