@@ -357,8 +357,8 @@ class Writer:
         queries = tuning.proxy_queries(whitened.apply(whitening, np.stack([stored[int(i)] for i in sample])))
 
         def vectors_of(wanted):  # as the FAISS index holds them
-            raw = self.store.vectors_of(wanted, dimension)
-            return {pid: whitened.apply(whitening, v[None, :])[0] for pid, v in raw.items()}
+            raw = self.store.vectors_of(wanted, dimension)  # whitened in one product, not one per vector
+            return dict(zip(raw, whitened.apply(whitening, np.stack(list(raw.values()))))) if raw else {}
         result = tuning.tune(vectors, queries, whitened.faiss_vectors(self.store, info), vectors_of, target)
         self.record({"search_tuning": result.as_info()})
         return result
