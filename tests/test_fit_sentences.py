@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from index import Index
 from index.distributed.shards import ShardedIndex
@@ -73,3 +74,31 @@ def test_a_sharded_fit_pools_sentences_from_every_shard(tiny_model, tmp_path):
     assert len({r["sha256"] for r in records}) == 1 and records[0]["shared"]
     per_shard = [len(whitened.corpus_sentences(ix.store)) for ix in sharded.indexes]
     assert min(per_shard) > 0 and records[0]["sentences"] == sum(per_shard)
+
+
+def test_weights_count_a_row_as_its_copies():
+    x = np.random.default_rng(1).standard_normal((300, 12)).astype(np.float32)
+    weights = np.ones(300)
+    weights[:50] = 2
+    weighted, copies = fit(x, weights=weights), fit(np.concatenate([x, x[:50]]))
+    assert np.allclose(weighted.matrix, copies.matrix, atol=1e-6) and np.allclose(weighted.mean, copies.mean, atol=1e-7)
+    assert np.array_equal(fit(x, weights=np.ones(300)).matrix, fit(x).matrix)
+    with pytest.raises(ValueError, match="positive"):
+        fit(x, weights=np.zeros(300))
+
+
+def test_the_background_counts_at_least_as_much_as_the_corpus_sentences(tiny_model, tmp_path, monkeypatch):
+    full = whitened.background_vectors
+    monkeypatch.setattr(whitened, "background_vectors", lambda encoder: full(encoder)[:10])  # fewer than the sentences
+    index, _ = Index.build(tmp_path / "ix", DOCS, model=tiny_model, whitening="on")
+    record = index.config[whitened.FIT]
+    sentences = whitened.corpus_sentences(index.store)
+    assert record["background"] == 10 and record["background_weight"] == pytest.approx(len(sentences) / 10)
+    assert f"(each counted {len(sentences) / 10:g} times)" in record["source"]
+    encoder = index.encoder
+    corpus = whitened.sample(index.store, int(index.config["dimension"]), len(DOCS))
+    parts = [corpus, full(encoder)[:10], encoder.encode(sentences)]
+    weights = np.concatenate([np.ones(len(corpus)), np.full(10, len(sentences) / 10), np.ones(len(sentences))])
+    expected = fit(np.concatenate(parts), weights=weights)
+    with index.snapshot() as snap:
+        assert np.allclose(snap.whitening.matrix, expected.matrix, atol=1e-4)

@@ -75,17 +75,26 @@ class Whitening:
         return h.hexdigest()
 
 
-def fit(vectors: np.ndarray, dims: int | None = None, shrinkage: float = SHRINKAGE) -> Whitening:
+def fit(vectors: np.ndarray, dims: int | None = None, shrinkage: float = SHRINKAGE,
+        weights: np.ndarray | None = None) -> Whitening:
     """The whitening of the rows of ``vectors`` (the corpus sample and the background, pooled),
-    keeping the first ``dims`` directions (None: all)."""
+    keeping the first ``dims`` directions (None: all); ``weights``: how much each row counts (None:
+    each once; a row of weight 2 counts as two copies of it)."""
     x = np.asarray(vectors, dtype=np.float64)
     n, d = x.shape
     if n < 2:
         raise ValueError("whitening needs at least two vectors to fit")
     if dims is not None and not 1 <= dims <= d:
         raise ValueError(f"whitening dimensions must be between 1 and {d} (got {dims})")
-    mean = x.mean(axis=0)
-    cov = np.cov(x - mean, rowvar=False)
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,) or not (np.isfinite(w).all() and (w > 0).all()):
+            raise ValueError("whitening weights must be one positive number a vector")
+        mean = (w[:, None] * x).sum(axis=0) / w.sum()
+        cov = ((w[:, None] * (x - mean)).T @ (x - mean)) / (w.sum() - 1)  # as np.cov of the copies
+    else:
+        mean = x.mean(axis=0)
+        cov = np.cov(x - mean, rowvar=False)
     cov = (1 - shrinkage) * cov + shrinkage * (np.trace(cov) / d) * np.eye(d)
     u, s, _ = np.linalg.svd(cov)
     s = np.maximum(s, s[0] * 1e-9)

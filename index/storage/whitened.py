@@ -217,11 +217,18 @@ def fit_for(info: Mapping[str, Any], corpus: np.ndarray, encoder: Callable[[], A
     dims = config["dims"]
     if dims is not None and dims > corpus.shape[1]:
         raise SemsearchError(f"--whitening-dims {dims} is more than the model's {corpus.shape[1]} dimensions")
-    whitening = fit(np.concatenate([part for part in (corpus, extra, said, asked) if len(part)]), dims)
+    # The background counts at least as much as the corpus's sentences: both stand for the queries'
+    # side, and the corpus's own sentences alone pulled a fit away from everyday questions
+    # (docs/quality.md: help pages asked plain questions lost with them, and not with both).
+    weight = max(1.0, len(said) / len(extra)) if len(extra) else 1.0
+    rows = [(part, w) for part, w in ((corpus, 1.0), (extra, weight), (said, 1.0), (asked, 1.0)) if len(part)]
+    weights = None if weight == 1.0 else np.concatenate([np.full(len(part), w) for part, w in rows])
+    whitening = fit(np.concatenate([part for part, _ in rows]), dims, weights=weights)
     record.update(sha256=whitening.digest(), dimension=whitening.dimension, vectors=int(len(corpus)),
-                  background=int(len(extra)), sentences=int(len(said)), questions=int(len(asked)),
-                  passages=int(passages),
+                  background=int(len(extra)), background_weight=weight, sentences=int(len(said)),
+                  questions=int(len(asked)), passages=int(passages),
                   source=f"{len(corpus)} corpus vectors + {len(extra)} generated background sentences"
+                         + (f" (each counted {weight:g} times)" if weight != 1.0 else "")
                          + (f" + {len(said)} sentences of the corpus" if len(said) else "")
                          + (f" + {len(asked)} recorded questions" if len(asked) else ""))
     return whitening, record
