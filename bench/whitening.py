@@ -9,6 +9,8 @@ the corpus's sentences) and evaluated again; each configuration also fused
 with BM25 (``--hybrid``). The row "whitened, no sentences" is the default
 fit without the sample of the corpus's own sentences
 (``index/model/fit_sentences.py``), as fits were made before it.
+"manpages" is a help-page set made of this machine's man(1) pages and 48
+plain questions (``bench/manpages.py``; skipped where ``man`` is missing).
 STSb and KorSTS: the Spearman correlation of the test pairs' cosines with
 the gold scores, the transform fitted by indexing the dev sentences (no
 labels).
@@ -39,7 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as the script's folder)
+import manpages  # noqa: E402  (bench/ is on sys.path as the script's folder)
+from hostinfo import cpu_info, cpu_line  # noqa: E402
 
 from index import Index  # noqa: E402
 from index.ann import registry  # noqa: E402
@@ -118,11 +121,15 @@ def answers_corpus(data: Path, work: Path) -> Path:
 def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> list[dict]:
     folder, path = data / name.replace("-answers", ""), work / name
     corpus = answers_corpus(data, work) if name == "stackfaq-answers" else folder / "corpus.jsonl"
+    queries_file, qrels_file = folder / "queries.jsonl", folder / "qrels" / "test.tsv"
+    if name == "manpages":  # rendered from this machine's man(1) pages (bench/manpages.py)
+        corpus, queries_file, qrels_file, pages, asked = manpages.build(work)
+        print(f"manpages: {pages} pages of {manpages.MAN1}, {asked} questions", flush=True)
     if is_index(path) and Index.open(path).config.get("complete", True):
         index = Index.open(path)
     else:
         index, _ = Index.build(path, read_documents([str(corpus)]), force=True, whitening="off", hybrid=hybrid)
-    plan = plan_evaluation(folder / "queries.jsonl", folder / "qrels" / "test.tsv")
+    plan = plan_evaluation(queries_file, qrels_file)
     if quick:
         plan.queries = plan.queries[:200]
         plan.qrels = {q.id: plan.qrels[q.id] for q in plan.queries}
@@ -130,7 +137,7 @@ def retrieval(name: str, data: Path, work: Path, hybrid: bool, quick: bool) -> l
     by_text = dict(zip([q.text for q in plan.queries], raw_queries))
     build = (f"semsearch index build {corpus} --index {path} --whitening off"
              + (" --hybrid" if hybrid else ""))
-    evaluate = f"semsearch eval --queries {folder / 'queries.jsonl'} --qrels {folder / 'qrels' / 'test.tsv'} --index {path}"
+    evaluate = f"semsearch eval --queries {queries_file} --qrels {qrels_file} --index {path}"
     rows = []
     for label, mode, dims, sentences in CONFIGS:
         configure(index, mode, dims, sentences)
@@ -205,9 +212,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=None, help="Where the indexes go (kept and reused)")
-    parser.add_argument("--datasets", nargs="+", default=["stsb", "korsts", "stackfaq", "stackfaq-answers", "scifact"],
+    parser.add_argument("--datasets", nargs="+",
+                        default=["stsb", "korsts", "stackfaq", "stackfaq-answers", "scifact", "manpages"],
                         help="stsb, korsts (Spearman; fitted on the dev sentences), stackfaq, stackfaq-answers "
-                             "(its answers as the documents), scifact (nDCG@10)")
+                             "(its answers as the documents), scifact, manpages (this machine's man(1) pages "
+                             "asked 48 plain questions: bench/manpages.py; skipped without man) (nDCG@10)")
     parser.add_argument("--quick", action="store_true",
                         help="STSb (200 test pairs, fitted on 300 dev pairs) and 200 StackFAQ queries, no BM25")
     args = parser.parse_args()
@@ -228,6 +237,9 @@ def main() -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.datasets:
+            if name == "manpages" and not manpages.available():
+                print("manpages: skipped (no man(1) pages or no man command here)", flush=True)
+                continue
             rows += (sts(args.data, work, args.quick, name) if name in ("stsb", "korsts")
                      else retrieval(name, args.data, work, hybrid, args.quick))
     speed = flat_speed(10_000 if args.quick else 100_000, args.quick)
@@ -240,8 +252,8 @@ def main() -> int:
               f"{'' if size is None else f'{size / 1e6:.2f}':>9} {r.get('search_ms_p50', ''):>9}")
         for command in r["commands"]:
             print(f"    $ {command}")
-    print("(STSb, KorSTS: Spearman of the test pairs; StackFAQ (its questions or its answers as the documents) and "
-          "SciFact: nDCG@10; +BM25: hybrid, z-score fusion)")
+    print("(STSb, KorSTS: Spearman of the test pairs; StackFAQ (its questions or its answers as the documents), "
+          "SciFact and manpages: nDCG@10; +BM25: hybrid, z-score fusion)")
     for s in speed:
         print(f"flat search, {s['passages']:,} random passages, {s['dimension']}-d: {s['search_ms_p50']} ms p50")
     print(json.dumps({"benchmark": "whitening", **cpu_info(), "results": rows, "flat_speed": speed}))

@@ -19,7 +19,7 @@ import pytest
 from conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPERS = {"hostinfo.py"}  # imported by the benchmarks, not one itself
+HELPERS = {"hostinfo.py", "manpages.py"}  # imported by the benchmarks, not ones themselves
 SCRIPTS = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name not in HELPERS)
 NEEDS_DATA = {"encode.py", "processes.py", "faq.py", "hybrid.py", "recall.py", "serve.py", "sts.py", "build.py", "query.py",
               "whitening.py"}
