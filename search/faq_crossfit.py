@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from index.indexer import Index
+from index.model.whitening import sample_rows
 from index.storage import whitened
 
 from .faq import FAQMatch, answer_of, answers_of
@@ -46,14 +47,16 @@ def out_of_fold_candidates(index: Index, questions: Sequence[str], depth: int, a
     info = index.config
     encoder = index.encoder
     passages = index.store.counts()[1]
-    corpus = whitened.sample(index.store, int(info["dimension"]), passages)
     sentences = whitened.corpus_sentences(index.store)  # as the index's own fit pools them
     ids = [doc_id for rows in index.store.iter_documents() for doc_id, _ in rows]
     docs = index.store.documents(ids)
-    # The FAQ questions' stored raw vectors (a passage each, or several for a long one), not encoded again.
+    # The FAQ questions' stored raw vectors (a passage each, or several for a long one), read once: they
+    # are scored, and the fit reads them as ``whitened.sample`` does (all, or the same rows of them).
     chunks = list(index.store.iter_vectors(int(info["dimension"])))
     pids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
     faq_questions = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros((0, int(info["dimension"])))
+    rows = sample_rows(len(faq_questions))
+    corpus = faq_questions if rows is None else faq_questions[rows]
     column = {d: i for i, d in enumerate(ids)}
     owned = index.store.passages(pids.tolist())
     question_of = np.array([column[owned[int(p)][0]] for p in pids], dtype=np.int64)

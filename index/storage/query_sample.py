@@ -10,8 +10,9 @@ every later fit (a rebuild, at any layer, or the refit when the index has
 doubled) encodes them again. Measured with the embedded model (layer -2,
 whitened): SciFact's 809 claims outside its test set raised the 300 test
 claims' nDCG@10 from 0.517 to 0.570 (hybrid 0.668 to 0.685), and half of
-StackFAQ's rewordings raised the other half's from 0.912 to 0.924
-(docs/quality.md). ``semsearch index fit-queries`` is the command;
+StackFAQ's rewordings raised the other half's from 0.912 to 0.924, before
+fits pooled the corpus's sentences; since, SciFact's claims add less (0.564
+to 0.572: docs/quality.md). ``semsearch index fit-queries`` is the command;
 ``semsearch faq calibrate`` records its questions this way.
 """
 
