@@ -266,3 +266,32 @@ def test_cli_int8_build_reports_its_cosine_and_answers(tmp_path):
     assert "int8: lowest cosine to fp32 on the probe texts 0.99" in built.output
     hits = Searcher(tmp_path / "q").search("I forgot my login secret", k=3)
     assert hits[0].id == "faq1"
+
+
+def test_onnx_runs_at_most_its_own_count_of_long_texts_a_call(tiny_model, isolated_cache):
+    """ONNX Runtime caps long texts a call (``onnx_runner.BATCH_TEXTS``) below the encoder's batch
+    size; PyTorch runs the batch size; both give the same vectors."""
+    from index.model import onnx_runner
+
+    long = [f"text {i} " + "the quick brown fox jumps over the lazy dog " * 6 for i in range(10)]
+    shapes: dict[str, list[tuple[int, int]]] = {}
+    vectors = {}
+    for backend in ("onnx", "torch"):
+        enc = Encoder.load(tiny_model, precision="fp32", backend=backend, batch_size=16)
+        runner = enc.runner_for(len(long), bulk=True)
+        run = runner.run
+        seen = shapes.setdefault(backend, [])
+
+        def spy(ids, mask, run=run, seen=seen):
+            seen.append(ids.shape)
+            return run(ids, mask)
+
+        runner.run = spy
+        try:
+            vectors[backend] = enc.encode(long, bulk=True)
+        finally:
+            del runner.run
+    assert all(w == 64 for _, w in shapes["onnx"] + shapes["torch"])  # every text fills the window
+    assert [n for n, _ in shapes["onnx"]] == [onnx_runner.BATCH_TEXTS] * 2 + [2]
+    assert [n for n, _ in shapes["torch"]] == [10]
+    np.testing.assert_allclose(vectors["onnx"], vectors["torch"], atol=1e-4)

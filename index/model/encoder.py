@@ -297,7 +297,7 @@ class Encoder:
         order = sorted(range(n), key=lambda i: -len(token_ids[i]))
         runner = self.runner_for(n, bulk)
         prefix, suffix = self.tokenizer.prefix, self.tokenizer.suffix
-        for batch in self.batches(order, token_ids):
+        for batch in self.batches(order, token_ids, getattr(runner, "batch_texts", None)):
             seqs = [prefix + [int(t) for t in token_ids[i]] + suffix for i in batch]
             width = max(len(s) for s in seqs)
             if width > self.max_length:
@@ -314,14 +314,16 @@ class Encoder:
                 progress(len(batch))
         return out
 
-    def batches(self, order: list[int], token_ids: Sequence[Sequence[int]]):
+    def batches(self, order: list[int], token_ids: Sequence[Sequence[int]], cap: int | None = None):
         """Consecutive slices of ``order`` (longest first) holding at most
         ``batch_size * max_length`` padded tokens: ``batch_size`` long texts, or
-        many more short ones, so that short texts do not pay the per-call cost.
+        many more short ones, so that short texts do not pay the per-call cost;
+        ``cap``: the runner's own limit on long texts a call, when it is lower
+        (``OnnxRunner.batch_texts``).
         A batch also ends before a text shorter than ``FILL`` of its width: padding
         costs as much as real tokens (32 queries in one call took 1.5x as long as
         one by one, and 0.85x with this bound)."""
-        budget = self.batch_size * self.max_length
+        budget = min(self.batch_size, cap or self.batch_size) * self.max_length
         i = 0
         while i < len(order):
             width = len(token_ids[order[i]]) + self.n_special  # the longest of this batch

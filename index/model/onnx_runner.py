@@ -23,10 +23,19 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+# Long texts per ONNX Runtime call at most, whatever the encoder's batch size: its fused layer norms
+# and GELU read and write whole activations, and a call of 16 texts of 256 tokens outgrows the
+# CPU's caches (SciFact abstracts on an Intel Xeon family 6 model 167, 2 threads: int8 73 -> 90
+# docs/s and fp32 40 -> 43 from 16 to 4 texts a call; STSb +6-7%; PyTorch gains nothing, so its
+# runner keeps the batch size: docs/speed.md).
+BATCH_TEXTS = 4
+
+
 class OnnxRunner:
     backend = "onnx"
     lean = False
     model = None  # no torch module
+    batch_texts = BATCH_TEXTS  # long texts per call at most (None: the encoder's batch size)
 
     def __init__(self, graph: bytes | str, pooling: str, precision: str, threads: int | None = None):
         """``graph``: the ONNX model, as bytes or the path of its file. Its session is made on the first

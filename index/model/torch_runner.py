@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 class TorchRunner:
     backend = "torch"
+    batch_texts = None  # long texts per call: the encoder's batch size (no cap of its own)
 
     def __init__(self, model, *, num_layers: int, layer: int, layer_index: int, pooling: str,
                  device: str, precision: str, token_types: bool):
