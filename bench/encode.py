@@ -297,6 +297,8 @@ def main() -> int:
             label = name if "precision" not in row else f"{name} ({row['backend']} {row['precision']})"
             if "precision" in row and (row["query_backend"], row["query_precision"]) != (row["backend"], row["precision"]):
                 label = f"{name} (bulk {row['backend']} {row['precision']}, query {row['query_backend']} {row['query_precision']})"
+            if "precision" in row and row["long_texts_per_call"] != row["batch_size"]:
+                label = f"{label[:-1]}, {row['long_texts_per_call']} a call)"
             cos = "-" if row["min_cosine"] is None else f"{row['min_cosine']:.5f}"
             share = f"{row['peak_fraction']:.0%}" if "peak_fraction" in row else "-"
             print(f"{workload:<9} {res['docs']:>5} {label:<64} {row['docs_per_s']:>9.1f} "
