@@ -298,7 +298,7 @@ def index_group() -> None:
               help="Recall@10 against exact search that approximate indexes tune their search settings to, "
                    "measured on the index's own passages (default 0.95).")
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Texts per model call.")
+              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
 @click.option("--hybrid", is_flag=True,
               help="Also keep a BM25 index of the passages (updated with every write) and make queries fuse it "
                    "with the vectors by default (needs bm25s: pip install 'semsearch[hybrid]').")
@@ -363,7 +363,7 @@ def _report_int8(index) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @index_option
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Texts per model call.")
+              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
 @engine_options
 @source_options
 @folder_options
@@ -427,7 +427,7 @@ def index_delete(ids, index_path, wait, ids_from, where) -> None:
 @click.option("--target-recall", type=float, default=None,
               help="Tune the search settings of an approximate index to this recall@10 (default: as recorded).")
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Texts per model call.")
+              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
 @whitening_options
 @quiet_option
 @wait_option
@@ -724,7 +724,7 @@ def _snippet(text: str, width: int = 100) -> str:
               help="Read texts from a file: one per line for plain text (- for standard input), documents for .jsonl/.csv/.tsv.")
 @model_options()
 @click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Texts per model call.")
+              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
 @click.option("--whiten-with", "whiten_with", default=None, type=click.Path(file_okay=False),
               help="Whiten the vectors with this index's transform, encoded by its model and layer (as its "
                    "FAISS vectors and queries are); without it, the method's raw vectors.")
