@@ -28,6 +28,7 @@ table and one JSON line.
     python bench/encode.py --quick
     python bench/encode.py
     python bench/encode.py --precision auto int8 --backend auto torch onnx --batch-size 16 32
+    python bench/encode.py --backend onnx --precision fp32 int8 --onnx-texts-per-call 16
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from hostinfo import cpu_info, cpu_line  # noqa: E402  (bench/ is on sys.path as
 
 from index.errors import SemsearchError  # noqa: E402
 from index.model.encoder import Encoder  # noqa: E402
+from index.model.onnx_runner import OnnxRunner  # noqa: E402
 from index.model.precision import choose_precision  # noqa: E402
 from index.model.reference import reference_vectors  # noqa: E402
 from index.options import BACKENDS, DEFAULT_BATCH_SIZE, PRECISIONS  # noqa: E402
@@ -206,7 +208,14 @@ def main() -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--quick", action="store_true", help="200 abstracts, 500 sentences, 2 repeats")
+    parser.add_argument("--onnx-texts-per-call", type=int, default=None,
+                        help="long texts an ONNX Runtime call takes at most (default: its runner's, "
+                             f"{OnnxRunner.batch_texts}); to measure that cap on another CPU")
     args = parser.parse_args()
+    if args.onnx_texts_per_call is not None:
+        if args.onnx_texts_per_call < 1:
+            parser.error("--onnx-texts-per-call must be at least 1")
+        OnnxRunner.batch_texts = args.onnx_texts_per_call
     if not (args.data / SCIFACT).is_file() or not (args.data / STSB).is_file():
         print(f"skipped: SciFact or STSb data not found under {args.data}", file=sys.stderr)
         return 0
