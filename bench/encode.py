@@ -274,7 +274,7 @@ def main() -> int:
             if name in configs:
                 enc = configs[name]
                 cos = (vectors[name][sample] * ref).sum(axis=1)
-                cap = getattr(enc.runner_for(len(texts), bulk=True), "batch_texts", None)
+                cap = enc.runner_for(len(texts), bulk=True).batch_texts
                 row.update(precision=enc.precision, backend=enc.backend, batch_size=enc.batch_size,
                            long_texts_per_call=min(enc.batch_size, cap or enc.batch_size),
                            query_backend=enc.query_backend, query_precision=enc.query_precision,

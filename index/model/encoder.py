@@ -297,7 +297,7 @@ class Encoder:
         order = sorted(range(n), key=lambda i: -len(token_ids[i]))
         runner = self.runner_for(n, bulk)
         prefix, suffix = self.tokenizer.prefix, self.tokenizer.suffix
-        for batch in self.batches(order, token_ids, getattr(runner, "batch_texts", None)):
+        for batch in self.batches(order, token_ids, runner.batch_texts):
             seqs = [prefix + [int(t) for t in token_ids[i]] + suffix for i in batch]
             width = max(len(s) for s in seqs)
             if width > self.max_length:
