@@ -318,7 +318,7 @@ def build_graph(make: Make, request: EncoderConfig, name: str, path: str, facts:
             onnx_export.quantize_int8(work / "model.onnx", final, keep)
             cosine = verify(final.read_bytes())
             if cosine < INT8_KEEP_FFN_BELOW:
-                keep = onnx_export.matmuls_after(work / "model.onnx", "BiasGelu")
+                keep = onnx_export.matmuls_after(work / "model.onnx", "Gelu")
                 onnx_export.quantize_int8(work / "model.onnx", final, keep)
         graph = final.read_bytes()
         cosine = verify(graph)

@@ -42,7 +42,7 @@ from typing import Any
 from .model_files import signature
 
 FINGERPRINT_ALGORITHM = 2  # of loading.model_fingerprint: a remembered fingerprint of another one is not used
-EXPORT_VERSION = 1  # of the exported graph (onnx_export): bump when it changes, so old graphs are not used
+EXPORT_VERSION = 2  # of the exported graph (onnx_export): bump when it changes, so old graphs are not used
 
 
 _SAFE: dict[Path, Path] = {}  # the configured root -> the folder used (itself, or a private stand-in)

@@ -3,8 +3,9 @@
 ``export`` writes the model up to the pooled layer (the layers above it are
 already dropped) as a graph with dynamic batch and sequence axes, its
 attention written in the classic BERT pattern so that ONNX Runtime's
-transformer optimizer fuses it (``optimize``: embedding + layer norm,
-attention, bias + GELU, skip + layer norm). ``quantize_int8`` makes the
+transformer optimizer fuses it (``optimize``: attention; the layer norms
+stay ``LayerNormalization`` after their residual ``Add`` and GELU stays
+``Gelu``, see ``FUSIONS_LEFT_OUT``). ``quantize_int8`` makes the
 opt-in int8 graph: weights quantised per output channel, activations
 dynamically per tensor, optionally keeping some MatMuls in fp32.
 Only plain BERT models (``model_files.ModelFacts.plain_bert``) are exported;
@@ -21,6 +22,16 @@ from pathlib import Path
 import torch
 
 OPSET = 17
+# Fusions of ONNX Runtime's transformer optimizer that the graph is built without. Its fused
+# SkipLayerNormalization (residual add + layer norm, also the gate of the embeddings' fusion) ran
+# 2-3 times as long per element as LayerNormalization after an Add on this CPU's ONNX Runtime
+# (one-off profile of the int8 graph, 1,024-token calls: 22% of the time against 8%), and BiasGelu
+# kept the int8 graph's FFN bias out of its quantised matrix product. Without them, whole `semsearch
+# embed` processes of 1,000 SciFact abstracts took 17% less time in int8 and 10% less in fp32,
+# one short query no longer (Intel Xeon family 6 model 167, 2 threads; docs/speed.md).
+FUSIONS_LEFT_OUT = ("enable_skip_layer_norm", "enable_bias_gelu")
+# ONNX Runtime would make SkipLayerNormalization again when it loads the graph: the runner's session
+# leaves that out too (onnx_runner.LEFT_OUT_AT_LOAD).
 
 
 class ExportedBert(torch.nn.Module):
@@ -72,16 +83,21 @@ def export(model, path: Path) -> None:
 
 def optimize(source: Path, target: Path, heads: int, hidden_size: int) -> dict:
     """Fuse the graph's BERT patterns for ONNX Runtime; returns the fused-operator counts."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden_size)
+    fusions = FusionOptions("bert")
+    for name in FUSIONS_LEFT_OUT:
+        setattr(fusions, name, False)
+    optimized = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden_size,
+                               optimization_options=fusions)
     optimized.save_model_to_file(str(target))
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
 def matmuls_after(path: Path, op_type: str) -> list[str]:
     """Names of the MatMul nodes that read the output of an ``op_type`` node (e.g. the FFN output
-    projections read BiasGelu), to keep them in fp32 when int8 needs it."""
+    projections read Gelu), to keep them in fp32 when int8 needs it."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph

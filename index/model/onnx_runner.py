@@ -1,7 +1,7 @@
 """The ONNX Runtime inference backend: padded token ids in, pooled sentence vectors out.
 
 An ``OnnxRunner`` runs a graph exported by ``onnx_export`` (the model up to
-the pooled layer, attention and layer norms fused) on the CPU and pools in
+the pooled layer, its attention fused) on the CPU and pools in
 numpy, so a query answered this way never imports torch or transformers.
 """
 
@@ -29,6 +29,26 @@ def cpu_threads() -> int:
 # docs/s and fp32 40 -> 43 from 16 to 4 texts a call; STSb +6-7%; PyTorch gains nothing, so its
 # runner keeps the batch size: docs/speed.md).
 BATCH_TEXTS = 4
+# Graph optimisations ONNX Runtime is told to skip when it loads a graph: fusing a residual Add and
+# the LayerNormalization after it into SkipLayerNormalization, which runs slower than the two
+# (onnx_export.FUSIONS_LEFT_OUT says how much slower; the exported graph leaves it out as well).
+LEFT_OUT_AT_LOAD = ["SkipLayerNormFusion"]
+
+
+def new_session(graph: bytes | str, threads: int, save_optimized: str | None = None):
+    """An ONNX Runtime CPU session of ``graph`` with ``threads`` threads for one operator at a time;
+    ``save_optimized``: a path to write the graph as ONNX Runtime optimised it (tests read it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    if save_optimized:
+        options.optimized_model_filepath = save_optimized
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=LEFT_OUT_AT_LOAD)
 
 
 class OnnxRunner:
@@ -61,14 +81,7 @@ class OnnxRunner:
         return self._session
 
     def _make_session(self):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or cpu_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
-        session = ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
+        session = new_session(self.graph, self.threads or cpu_threads())
         self.inputs = {i.name for i in session.get_inputs()}
         self.graph = None  # ONNX Runtime holds its own copy
         return session
