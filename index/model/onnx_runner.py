@@ -23,11 +23,11 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
-# Long texts per ONNX Runtime call at most, whatever the encoder's batch size: its fused layer norms
-# and GELU read and write whole activations, and a call of 16 texts of 256 tokens outgrows the
-# CPU's caches (SciFact abstracts on an Intel Xeon family 6 model 167, 2 threads: int8 73 -> 90
-# docs/s and fp32 40 -> 43 from 16 to 4 texts a call; STSb +6-7%; PyTorch gains nothing, so its
-# runner keeps the batch size: docs/speed.md).
+# Long texts per ONNX Runtime call at most, whatever the encoder's batch size: its layer norms and
+# GELU read and write whole activations, and a call of 16 texts of 256 tokens outgrows the CPU's
+# caches (SciFact abstracts on an Intel Xeon family 6 model 167, 2 threads: int8 73 -> 90 docs/s and
+# fp32 40 -> 43 from 16 to 4 texts a call; STSb +6-7%; still the best of 4, 8 and 16 with the graphs
+# of export version 2; PyTorch gains nothing, so its runner keeps the batch size: docs/speed.md).
 BATCH_TEXTS = 4
 # Graph optimisations ONNX Runtime is told to skip when it loads a graph: fusing a residual Add and
 # the LayerNormalization after it into SkipLayerNormalization, which runs slower than the two
