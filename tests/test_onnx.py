@@ -101,6 +101,24 @@ def test_the_cache_is_keyed_by_model_layer_and_precision(tiny_model, tiny_model_
     assert not np.allclose(a.encode(TEXTS), b.encode(TEXTS)) and not np.allclose(a.encode(TEXTS), c.encode(TEXTS))
 
 
+def test_storing_a_graph_drops_its_older_export_versions_only(isolated_cache, tmp_path):
+    """A graph of an earlier export version for the same model, layer, length and precision is
+    removed when the current version's is stored; other models' and precisions' graphs stay."""
+    root = isolated_cache / "graphs"
+    key = model_cache.graph_key("abc123", 5, 256, "int8")
+    older = f"{key.rpartition('-v')[0]}-v{model_cache.EXPORT_VERSION - 1}"
+    others = ["abc123-l5-t256-fp32-v1", "abc124-l5-t256-int8-v1", "abc123-l4-t256-int8-v1"]
+    for name in (older, *others):
+        (root / name).mkdir(parents=True)
+        (root / name / "model.onnx").write_bytes(b"old")
+    graph, tokenizer = tmp_path / "model.onnx", tmp_path / "tokenizer.json"
+    graph.write_bytes(b"graph")
+    tokenizer.write_text("{}", encoding="utf-8")
+    model_cache.store_graph(key, graph, tokenizer, {})
+    assert model_cache.load_graph(key).graph_file.read_bytes() == b"graph"
+    assert graphs(isolated_cache) == sorted([key, *others])
+
+
 def test_overwritten_weights_never_reuse_the_old_graph(tiny_model, tiny_model_other, isolated_cache, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)

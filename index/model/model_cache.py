@@ -160,7 +160,19 @@ def store_graph(key: str, graph_file: Path, tokenizer_file: Path, meta: dict[str
         os.replace(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _drop_older_versions(root, key)
     return CachedGraph(final, meta)
+
+
+def _drop_older_versions(root: Path, key: str) -> None:
+    """Remove the graphs an earlier export version made for the same model, layer, length and
+    precision as ``key``: no version of semsearch with this one's export reads them again, and each
+    can take tens of megabytes."""
+    stem, _, version = key.rpartition("-v")
+    for folder in root.glob(f"{stem}-v*"):
+        old = folder.name.rpartition("-v")[2]
+        if folder.is_dir() and old.isdigit() and int(old) < int(version):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _model_record(model_path: str) -> Path:
