@@ -28,7 +28,7 @@ OPSET = 17
 # (one-off profile of the int8 graph, 1,024-token calls: 22% of the time against 8%), and BiasGelu
 # kept the int8 graph's FFN bias out of its quantised matrix product. Without them, whole `semsearch
 # embed` processes of 1,000 SciFact abstracts took 17% less time in int8 and 10% less in fp32,
-# one short query no longer (Intel Xeon family 6 model 167, 2 threads; docs/speed.md).
+# and one short query took no longer (Intel Xeon family 6 model 167, 2 threads; docs/speed.md).
 FUSIONS_LEFT_OUT = ("enable_skip_layer_norm", "enable_bias_gelu")
 # ONNX Runtime would make SkipLayerNormalization again when it loads the graph: the runner's session
 # leaves that out too (onnx_runner.LEFT_OUT_AT_LOAD).
