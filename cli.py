@@ -103,6 +103,12 @@ def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress on standard error.")(f)
 
 
+def batch_size_option(f):
+    return click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
+                        help="Long texts per model call (short texts share their token budget; ONNX Runtime "
+                             "takes fewer long texts a call, its own measured count).")(f)
+
+
 def search_options(f):
     f = click.option("--nprobe", type=int, default=None, help="IVF lists to visit (default: tuned for recall@10 >= 0.95).")(f)
     f = click.option("--ef-search", type=int, default=None, help="HNSW search breadth (default: tuned for recall@10 >= 0.95).")(f)
@@ -297,8 +303,7 @@ def index_group() -> None:
 @click.option("--target-recall", type=float, default=None,
               help="Recall@10 against exact search that approximate indexes tune their search settings to, "
                    "measured on the index's own passages (default 0.95).")
-@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
+@batch_size_option
 @click.option("--hybrid", is_flag=True,
               help="Also keep a BM25 index of the passages (updated with every write) and make queries fuse it "
                    "with the vectors by default (needs bm25s: pip install 'semsearch[hybrid]').")
@@ -362,8 +367,7 @@ def _report_int8(index) -> None:
 @index_group.command("add")
 @click.argument("sources", nargs=-1, required=True)
 @index_option
-@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
+@batch_size_option
 @engine_options
 @source_options
 @folder_options
@@ -426,8 +430,7 @@ def index_delete(ids, index_path, wait, ids_from, where) -> None:
               help="Switch the FAISS index type (alone, this re-indexes the stored vectors without encoding).")
 @click.option("--target-recall", type=float, default=None,
               help="Tune the search settings of an approximate index to this recall@10 (default: as recorded).")
-@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
+@batch_size_option
 @whitening_options
 @quiet_option
 @wait_option
@@ -723,8 +726,7 @@ def _snippet(text: str, width: int = 100) -> str:
 @click.option("--input", "input_path", default=None,
               help="Read texts from a file: one per line for plain text (- for standard input), documents for .jsonl/.csv/.tsv.")
 @model_options()
-@click.option("--batch-size", type=int, default=options.DEFAULT_BATCH_SIZE, show_default=True,
-              help="Long texts per model call (short ones share the tokens; ONNX Runtime takes at most 4 long texts a call).")
+@batch_size_option
 @click.option("--whiten-with", "whiten_with", default=None, type=click.Path(file_okay=False),
               help="Whiten the vectors with this index's transform, encoded by its model and layer (as its "
                    "FAISS vectors and queries are); without it, the method's raw vectors.")

@@ -276,7 +276,7 @@ def main() -> int:
                 cos = (vectors[name][sample] * ref).sum(axis=1)
                 cap = enc.runner_for(len(texts), bulk=True).batch_texts
                 row.update(precision=enc.precision, backend=enc.backend, batch_size=enc.batch_size,
-                           long_texts_per_call=min(enc.batch_size, cap or enc.batch_size),
+                           long_texts_per_call=enc.long_texts_per_call(cap),
                            query_backend=enc.query_backend, query_precision=enc.query_precision,
                            min_cosine=round(float(cos.min()), 6),
                            peak_fraction=round(gflop * rate / len(texts) / peak, 3))

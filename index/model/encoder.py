@@ -314,6 +314,11 @@ class Encoder:
                 progress(len(batch))
         return out
 
+    def long_texts_per_call(self, cap: int | None) -> int:
+        """Texts of ``max_length`` tokens in one model call: the batch size, or a runner's lower
+        ``cap`` (``OnnxRunner.batch_texts``; None: no cap)."""
+        return min(self.batch_size, cap or self.batch_size)
+
     def batches(self, order: list[int], token_ids: Sequence[Sequence[int]], cap: int | None = None):
         """Consecutive slices of ``order`` (longest first) holding at most
         ``batch_size * max_length`` padded tokens: ``batch_size`` long texts, or
@@ -323,7 +328,7 @@ class Encoder:
         A batch also ends before a text shorter than ``FILL`` of its width: padding
         costs as much as real tokens (32 queries in one call took 1.5x as long as
         one by one, and 0.85x with this bound)."""
-        budget = min(self.batch_size, cap or self.batch_size) * self.max_length
+        budget = self.long_texts_per_call(cap) * self.max_length
         i = 0
         while i < len(order):
             width = len(token_ids[order[i]]) + self.n_special  # the longest of this batch
